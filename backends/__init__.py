@@ -1,0 +1,1 @@
+"""Backends: hand the IR to a runtime. ``tvm`` compiles it; ``onnxruntime`` is the reference."""

@@ -1,0 +1,129 @@
+"""Compiles an ``onnx_ir.Model`` with TVM Relax into an exportable library plus weights.
+
+Route (measured in TVM_NOTES.md): ``ir.Model`` -> ``ModelProto`` with weights in memory ->
+``tvm.relax.frontend.onnx.from_onnx(keep_params_in_input=True)`` -> ``relax.frontend.detach_params``
+-> ``tvm.compile`` with ``relax.get_default_pipeline(target)``. The weights are returned as numpy
+arrays in the order the compiled ``main`` takes them after the model inputs, so the artifact
+stores them once (safetensors) and the library holds code only.
+
+Before importing, every node's op is checked against the Relax ONNX converter table, so an
+unsupported op is reported with the node's name instead of failing deep inside the importer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from backends.tvm.target import resolve_target
+from compiler.errors import BackendError
+
+__all__ = ["CompiledModule", "compile_model", "unsupported_nodes"]
+
+_ONNX_DOMAINS = ("", "ai.onnx", "com.microsoft")
+
+
+@dataclasses.dataclass
+class CompiledModule:
+    """A compiled executable, its weights in call order, and the target it was built for."""
+
+    executable: Any  # tvm.runtime.Executable
+    param_names: list[str]
+    params: list[np.ndarray]
+    input_names: list[str]
+    target: dict[str, Any]
+
+    def export_library(self, path: str | Path) -> None:
+        self.executable.export_library(str(path))
+
+
+def _convert_map() -> dict[str, Any]:
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    return onnx_frontend._get_convert_map()
+
+
+def unsupported_nodes(model: ir.Model) -> list[ir.Node]:
+    """The nodes of the main graph (and subgraphs) whose op TVM's ONNX importer lacks."""
+    supported = _convert_map()
+    return [
+        node
+        for node in ir.traversal.RecursiveGraphIterator(model.graph)
+        if node.domain not in _ONNX_DOMAINS or node.op_type not in supported
+    ]
+
+
+def _proto_with_weights(model: ir.Model):
+    """The model as a ModelProto whose initializers hold their data (TVM reads raw_data).
+
+    The clone shares nothing mutable with ``model``; external data is read into the clone only.
+    """
+    clone = ir.external_data.load_to_model(model.clone())
+    proto = ir.to_proto(clone)
+    if not proto.graph.name:
+        proto.graph.name = "main"
+    return proto
+
+
+def compile_model(
+    model: ir.Model, target: str | dict[str, Any] = "llvm", *, model_name: str = "model"
+) -> CompiledModule:
+    """Compiles ``model`` for ``target``; raises :class:`BackendError` naming the failing node."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    bad = unsupported_nodes(model)
+    if bad:
+        node = bad[0]
+        op = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
+        others = f" (and {len(bad) - 1} more unsupported nodes)" if len(bad) > 1 else ""
+        raise BackendError(
+            f"{model_name}: node {node.name!r} uses op {op}, which the TVM backend cannot compile"
+            f"{others}"
+        )
+    target_dict = resolve_target(target)
+    initializer_names = set(model.graph.initializers)
+    input_names = [v.name for v in model.graph.inputs if v.name not in initializer_names]
+    proto = _proto_with_weights(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            mod = from_onnx(proto, keep_params_in_input=True)
+        except Exception as e:
+            raise BackendError(f"{model_name}: TVM's ONNX importer failed: {_describe(e)}") from e
+    mod, params = relax.frontend.detach_params(mod)
+    main = mod["main"]
+    weights = [np.asarray(p.numpy()) for p in params.get("main", [])]
+    param_vars = list(main.params)[len(input_names) :]
+    if len(param_vars) != len(weights):
+        raise BackendError(
+            f"{model_name}: TVM's importer produced {len(main.params)} parameters for "
+            f"{len(input_names)} inputs and {len(weights)} weights"
+        )
+    tvm_target = tvm.target.Target(target_dict)
+    try:
+        executable = tvm.compile(
+            mod, tvm_target, relax_pipeline=relax.get_default_pipeline(tvm_target)
+        )
+    except Exception as e:
+        raise BackendError(f"{model_name}: TVM compilation failed: {_describe(e)}") from e
+    return CompiledModule(
+        executable=executable,
+        param_names=[v.name for v in param_vars],
+        params=weights,
+        input_names=input_names,
+        target=target_dict,
+    )
+
+
+def _describe(e: Exception) -> str:
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    # TVM errors end with the useful line after a C++ backtrace.
+    message = lines[-1] if lines else type(e).__name__
+    return message[:500]

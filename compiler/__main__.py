@@ -1,0 +1,5 @@
+"""``python -m compiler``: see :mod:`compiler.cli`."""
+
+from compiler.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""Side-by-side latency: our artifact against onnxruntime (and torch eager), in one process.
+
+Method (DESIGN.md §6): warm-up runs first, then the runtimes are timed interleaved — ours, peer,
+ours, peer … — so drift on this noisy machine hits all of them alike; medians of ``runs`` each
+and their ratios are reported, never an absolute time alone. Every runtime gets the same thread
+count: onnxruntime's intra-op pool, torch's ``set_num_threads``, TVM's thread pool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["BenchResult", "bench_artifact", "set_tvm_threads"]
+
+
+def set_tvm_threads(threads: int) -> None:
+    """Sets TVM's CPU thread pool size (before or after the runtime started)."""
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    import tvm
+
+    config = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
+    if config is not None:
+        config(0, threads)  # affinity mode 0 (big cores), `threads` workers
+
+
+@dataclasses.dataclass
+class BenchResult:
+    """Median milliseconds per runtime, and each runtime's ratio to onnxruntime's median."""
+
+    medians_ms: dict[str, float]
+    samples_ms: dict[str, list[float]]
+    runs: int
+    threads: int
+
+    @property
+    def ratios(self) -> dict[str, float]:
+        base = self.medians_ms.get("onnxruntime")
+        if not base:
+            return {}
+        return {name: ms / base for name, ms in self.medians_ms.items()}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "medians_ms": self.medians_ms,
+            "ratios_to_onnxruntime": self.ratios,
+            "runs": self.runs,
+            "threads": self.threads,
+        }
+
+
+def _time(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+def bench_artifact(
+    artifact: str | Path,
+    *,
+    runs: int = 15,
+    warmup: int = 3,
+    threads: int = 2,
+    against: tuple[str, ...] = ("onnxruntime",),
+    torch_module: Any = None,
+    torch_inputs: tuple[Any, ...] | None = None,
+    seed: int = 0,
+) -> BenchResult:
+    """Times the artifact at ``artifact`` against the named peers on seeded inputs."""
+    from backends.onnxruntime.reference import ReferenceSession
+    from compiler.artifact import ONNX_FILE
+    from compiler.numerics import random_inputs
+    from compiler.runtime import load
+
+    set_tvm_threads(threads)
+    model = load(artifact)
+    inputs = random_inputs(
+        [
+            (s["name"], np.dtype(s["dtype"]), [d if isinstance(d, int) else 1 for d in s["shape"]])
+            for s in model.inputs
+        ],
+        seed=seed,
+    )
+    runners: dict[str, Callable[[], Any]] = {"compiler": lambda: model(inputs)}
+    if "onnxruntime" in against:
+        session = ReferenceSession(Path(artifact) / ONNX_FILE, threads=threads, level="all")
+        runners["onnxruntime"] = lambda: session.run(inputs)
+    if "torch" in against and torch_module is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+        args = (
+            torch_inputs
+            if torch_inputs is not None
+            else tuple(torch.from_numpy(inputs[name]) for name in model.input_names)
+        )
+
+        def run_torch() -> Any:
+            with torch.inference_mode():
+                return torch_module(*args)
+
+        runners["torch"] = run_torch
+    for _ in range(warmup):
+        for fn in runners.values():
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(runs):
+        for name, fn in runners.items():
+            samples[name].append(_time(fn))
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    return BenchResult(medians, samples, runs, threads)

@@ -1,0 +1,389 @@
+"""The command line: ``python -m compiler build|run|bench|passes|inspect``.
+
+Errors raised on purpose (:class:`~compiler.errors.CompilerError`) print as one line on stderr
+and exit non-zero; ``--verbose`` adds the traceback. Long steps show a spinner with the step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from compiler.errors import CompilerError, InputError
+
+EXAMPLE = "gpt2"
+EXAMPLE_CONFIG = {"layers": 2, "hidden": 256, "heads": 4, "vocab": 1024, "seq": 32}
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+@contextlib.contextmanager
+def _progress(title: str) -> Iterator[Any]:
+    """A spinner showing the current step; each finished step is printed with its time."""
+    state = {"message": None, "start": time.perf_counter()}
+    with err.status(title) as status:
+
+        def step(message: str) -> None:
+            now = time.perf_counter()
+            if state["message"] is not None:
+                err.print(
+                    f"  [green]✓[/] {state['message']} [dim]({now - state['start']:.1f} s)[/]"
+                )
+            state["message"], state["start"] = message, now
+            status.update(f"{message} …")
+
+        yield step
+        if state["message"] is not None:
+            elapsed = time.perf_counter() - state["start"]
+            err.print(f"  [green]✓[/] {state['message']} [dim]({elapsed:.1f} s)[/]")
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _parse_dims(items: Sequence[str] | None) -> dict[str, int]:
+    dims: dict[str, int] = {}
+    for item in items or []:
+        name, _, value = item.partition("=")
+        if not value.strip().isdigit():
+            raise InputError(f"--dim expects NAME=INT, got {item!r}")
+        dims[name.strip()] = int(value)
+    return dims
+
+
+# ---------------------------------------------------------------------------------------- build
+def cmd_build(args: argparse.Namespace) -> int:
+    from compiler.build import build
+
+    if args.passes is not None and args.pipeline is not None:
+        raise InputError("give either --passes or --pipeline, not both")
+    pipeline = args.pipeline or "O1"
+    if args.model is None:
+        from compiler.examples import make_example
+
+        source: Any
+        source, example_inputs, names = make_example(EXAMPLE, **EXAMPLE_CONFIG)
+        label = f"the bundled example (GPT-2 from a transformers config: {EXAMPLE_CONFIG})"
+        output = Path(args.output or "example-gpt2.artifact")
+        kwargs: dict[str, Any] = {
+            "example_inputs": example_inputs,
+            "input_names": names,
+            "output_names": ["logits"],
+        }
+    else:
+        source = Path(args.model)
+        label = str(source)
+        output = Path(args.output or f"{source.stem}.artifact")
+        kwargs = {}
+    err.print(f"Building {label} → {output}/")
+    with _progress("starting") as step:
+        result = build(
+            source,
+            output,
+            target=args.target,
+            passes=args.passes,
+            pipeline=pipeline,
+            check_numerics=args.check_numerics,
+            dump_dir=args.dump_dir,
+            max_error_budget=args.max_error,
+            dims=_parse_dims(args.dim),
+            progress=step,
+            **kwargs,
+        )
+    _print_report(result.report, result.manifest, result.output_dir)
+    return 0
+
+
+def _print_report(report: dict, manifest: dict, output_dir: Path) -> None:
+    table = Table(title="Passes", title_justify="left")
+    for col in ("pass", "changed", "nodes", "parameter bytes", "time"):
+        table.add_column(col, justify="left" if col == "pass" else "right")
+    first = report["input_model"]
+    table.add_row("(input)", "", str(first["nodes"]), _bytes(first["total_parameter_bytes"]), "")
+    for entry in report["passes"]:
+        after = entry["after"]
+        table.add_row(
+            entry["name"],
+            "yes" if entry["modified"] else "no",
+            str(after["nodes"]),
+            _bytes(after["total_parameter_bytes"]),
+            f"{entry['seconds'] * 1e3:.0f} ms",
+        )
+    out.print(table)
+    files = Table(title=f"Artifact {output_dir}/", title_justify="left")
+    files.add_column("file")
+    files.add_column("size", justify="right")
+    for name, info in sorted(manifest["files"].items()):
+        files.add_row(name, _bytes(info["bytes"]))
+    out.print(files)
+    target = manifest["target"]
+    out.print(f"target: {target.get('kind')} {target.get('mcpu', target.get('arch', ''))}".rstrip())
+    ver = report["verification"]
+    if ver.get("passed"):
+        out.print(
+            f"verified against onnxruntime: max normalized error {ver['max_error']:.2e} "
+            f"(budget {ver['budget']:.0e})"
+        )
+    else:
+        out.print(f"not verified: {ver.get('reason', 'disabled')}")
+    timings = ", ".join(f"{k} {v:.1f} s" for k, v in report["timings_seconds"].items())
+    out.print(f"timings: {timings}")
+
+
+# ------------------------------------------------------------------------------------------ run
+def cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from compiler.runtime import load
+
+    model = load(args.artifact)
+    if args.inputs is None:
+        from compiler.numerics import random_inputs
+
+        inputs = random_inputs(
+            [
+                (
+                    s["name"],
+                    np.dtype(s["dtype"]),
+                    [d if isinstance(d, int) else 1 for d in s["shape"]],
+                )
+                for s in model.inputs
+            ]
+        )
+        err.print("no --inputs given: using seeded random inputs")
+    else:
+        path = Path(args.inputs)
+        if not path.is_file():
+            raise InputError(f"{path}: no such inputs file")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                inputs = {name: data[name] for name in data.files}
+        except (ValueError, OSError) as e:
+            raise InputError(f"{path}: not a readable .npz file without pickles: {e}") from e
+    outputs = model(inputs)
+    if args.output:
+        target = Path(args.output)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=".npz", dir=target.parent or "."
+        )
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **outputs)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    for name, value in outputs.items():
+        out.print(f"{name}: {value.dtype} {list(value.shape)}  mean {float(np.mean(value)):.6g}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- bench
+def cmd_bench(args: argparse.Namespace) -> int:
+    from compiler.bench import bench_artifact
+
+    target = Path(args.model)
+    with contextlib.ExitStack() as stack:
+        if target.is_dir():
+            artifact = target
+        else:
+            from compiler.build import build
+
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="compiler-bench-")))
+            artifact = tmp / "artifact"
+            err.print(f"Building {target} (pipeline {args.pipeline}) for the benchmark")
+            with _progress("starting") as step:
+                build(target, artifact, pipeline=args.pipeline, progress=step)
+        against = tuple(a.strip() for a in args.against.split(",") if a.strip())
+        with err.status(f"timing {args.runs} interleaved runs each ({args.threads} threads)"):
+            result = bench_artifact(
+                artifact, runs=args.runs, warmup=args.warmup, threads=args.threads, against=against
+            )
+    table = Table(
+        title=f"Latency, median of {result.runs} runs, {result.threads} threads",
+        title_justify="left",
+    )
+    table.add_column("runtime")
+    table.add_column("median", justify="right")
+    table.add_column("× onnxruntime", justify="right")
+    for name, ms in result.medians_ms.items():
+        ratio = result.ratios.get(name)
+        table.add_row(name, f"{ms:.3f} ms", f"{ratio:.2f}" if ratio is not None else "")
+    out.print(table)
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    return 0
+
+
+# --------------------------------------------------------------------------------------- passes
+def cmd_passes(args: argparse.Namespace) -> int:
+    from compiler.pass_registry import default_registry
+    from compiler.pipeline import NAMED_PIPELINES
+
+    registry = default_registry()
+    if args.name:
+        info = registry.get(args.name)
+        out.print(
+            f"[bold]{info.name}[/]  ({info.cls.__module__}.{info.cls.__qualname__}, {info.origin})"
+        )
+        out.print(info.doc)
+        for option in info.options.values():
+            out.print(f"  {option.name}: {option.type_name} = {option.default!r}")
+        return 0
+    table = Table(title="Passes", title_justify="left")
+    for col in ("name", "options", "from", "summary"):
+        table.add_column(col)
+    for info in registry:
+        options = ", ".join(
+            f"{o.name}: {o.type_name} = {o.default!r}" for o in info.options.values()
+        )
+        table.add_row(info.name, options, info.origin, info.summary)
+    out.print(table)
+    named = ", ".join(
+        f"{name} = {','.join(str(s) for s in fn()) or '(nothing)'}"
+        for name, fn in NAMED_PIPELINES.items()
+    )
+    out.print(f"named pipelines: {named}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------- inspect
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from compiler.artifact import ONNX_FILE, read_manifest
+    from compiler.frontends.onnx_file import load_onnx
+    from compiler.model_info import model_stats, signature
+
+    path = Path(args.model)
+    if path.is_dir():
+        manifest = read_manifest(path)
+        out.print(
+            f"artifact {path}/ (target {manifest['target']}, pipeline {manifest.get('pipeline')!r})"
+        )
+        files = ", ".join(f"{k} {_bytes(v['bytes'])}" for k, v in sorted(manifest["files"].items()))
+        out.print(f"files: {files}")
+        path = path / ONNX_FILE
+    model = load_onnx(path)
+    inputs, outputs = signature(model)
+    stats = model_stats(model)
+    io_table = Table(title=f"{path}", title_justify="left")
+    for col in ("kind", "name", "dtype", "shape"):
+        io_table.add_column(col)
+    for kind, specs in (("input", inputs), ("output", outputs)):
+        for spec in specs:
+            io_table.add_row(
+                kind, spec.name, spec.dtype, str(list(spec.shape) if spec.shape else "?")
+            )
+    out.print(io_table)
+    ops = Table(title=f"Ops ({stats.nodes} nodes)", title_justify="left")
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for op, count in stats.ops.items():
+        ops.add_row(op, str(count))
+    out.print(ops)
+    params = Table(title=f"Parameters ({stats.parameters:,} elements)", title_justify="left")
+    params.add_column("dtype")
+    params.add_column("bytes", justify="right")
+    for dtype, n in stats.parameter_bytes.items():
+        params.add_row(dtype, _bytes(n))
+    params.add_row("total", _bytes(stats.total_parameter_bytes))
+    out.print(params)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- main
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m compiler", description="Make neural networks smaller and faster."
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build", help="compile a model into an artifact folder")
+    p.add_argument("model", nargs="?", help="an .onnx file (default: the bundled GPT-2 example)")
+    p.add_argument("-o", "--output", help="artifact folder (default: <model>.artifact)")
+    p.add_argument("--target", default="llvm", help="llvm (this CPU, default) or cuda")
+    p.add_argument("--passes", help='text pipeline, e.g. "cleanup,cse"')
+    p.add_argument("--pipeline", help="named pipeline: O0 (nothing) or O1 (cleanup, default)")
+    p.add_argument(
+        "--max-error", type=float, default=1e-4, help="normalized error budget vs onnxruntime"
+    )
+    p.add_argument("--check-numerics", action="store_true", help="run onnxruntime after every pass")
+    p.add_argument("--dump-dir", help="write the model after every pass into this folder")
+    p.add_argument(
+        "--dim", action="append", metavar="NAME=INT", help="value of a symbolic dimension"
+    )
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("run", help="run an artifact on inputs from an .npz file")
+    p.add_argument("artifact")
+    p.add_argument("--inputs", help=".npz with one array per input name (default: seeded random)")
+    p.add_argument("-o", "--output", help="write the outputs to this .npz")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bench", help="time an artifact (or a model, built first) against peers")
+    p.add_argument("model", help="an artifact folder or an .onnx file")
+    p.add_argument("--against", default="onnxruntime", help="comma-separated peers (onnxruntime)")
+    p.add_argument("--runs", type=int, default=15)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--pipeline", default="O1", help="pipeline when building an .onnx first")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("passes", help="list passes and their options, or describe one")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=cmd_passes)
+
+    p = sub.add_parser(
+        "inspect", help="ops, parameter bytes, inputs and outputs of a model or artifact"
+    )
+    p.add_argument("model")
+    p.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CompilerError as e:
+        if args.verbose:
+            traceback.print_exc()
+        err.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except Exception as e:  # a bug: say so, and how to see more
+        if args.verbose:
+            traceback.print_exc()
+        err.print(
+            f"[bold red]internal error:[/] {type(e).__name__}: {e} (rerun with --verbose for the "
+            "traceback, and please report it)",
+            soft_wrap=True,
+        )
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

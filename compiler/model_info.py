@@ -1,0 +1,116 @@
+"""Facts about an ``onnx_ir.Model``: its signature, op histogram and parameter bytes.
+
+Used by ``inspect``, the build report and the artifact manifest. Nothing here changes the model,
+and nothing reads weight data (sizes come from dtypes and shapes).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import onnx_ir as ir
+
+from compiler.errors import InputError
+
+__all__ = ["ModelStats", "TensorSpec", "concrete_shape", "model_stats", "signature"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output: name, numpy dtype name, and dims (ints, or names if symbolic)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...] | None
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": _json_shape(self.shape)}
+
+
+def _json_shape(shape: tuple[int | str, ...] | None) -> list | None:
+    return None if shape is None else list(shape)
+
+
+def _spec(value: ir.Value) -> TensorSpec:
+    dtype = value.dtype
+    dtype_name = str(np.dtype(dtype.numpy())) if dtype is not None else "unknown"
+    shape = None
+    if value.shape is not None:
+        dims: list[int | str] = []
+        for i, dim in enumerate(value.shape):
+            if isinstance(dim, int):
+                dims.append(dim)
+            else:
+                dims.append(dim.value if getattr(dim, "value", None) else f"{value.name}_dim{i}")
+        shape = tuple(dims)
+    return TensorSpec(value.name or "", dtype_name, shape)
+
+
+def signature(model: ir.Model) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The model's real inputs (initializers excluded) and outputs."""
+    initializers = set(model.graph.initializers)
+    inputs = [_spec(v) for v in model.graph.inputs if v.name not in initializers]
+    outputs = [_spec(v) for v in model.graph.outputs]
+    return inputs, outputs
+
+
+def concrete_shape(spec: TensorSpec, overrides: Mapping[str, int] | None = None) -> tuple[int, ...]:
+    """``spec``'s shape with symbolic dims taken from ``overrides`` (by dim name), else 1."""
+    if spec.shape is None:
+        raise InputError(f"input {spec.name!r} has no known rank; give its shape explicitly")
+    overrides = overrides or {}
+    return tuple(d if isinstance(d, int) else int(overrides.get(d, 1)) for d in spec.shape)
+
+
+@dataclasses.dataclass
+class ModelStats:
+    """Counts for reports: nodes, ops, parameters (elements) and bytes per dtype."""
+
+    nodes: int
+    ops: dict[str, int]
+    parameters: int
+    parameter_bytes: dict[str, int]
+
+    @property
+    def total_parameter_bytes(self) -> int:
+        return sum(self.parameter_bytes.values())
+
+    def to_json(self) -> dict:
+        return {
+            "nodes": self.nodes,
+            "ops": self.ops,
+            "parameters": self.parameters,
+            "parameter_bytes": self.parameter_bytes,
+            "total_parameter_bytes": self.total_parameter_bytes,
+        }
+
+
+def _all_nodes(model: ir.Model) -> Iterable[ir.Node]:
+    yield from ir.traversal.RecursiveGraphIterator(model.graph)
+    for function in model.functions.values():
+        yield from ir.traversal.RecursiveGraphIterator(function)
+
+
+def _op_key(node: ir.Node) -> str:
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+
+
+def model_stats(model: ir.Model) -> ModelStats:
+    """Counts nodes and ops (subgraphs and functions included) and initializer sizes."""
+    ops: collections.Counter[str] = collections.Counter()
+    nodes = 0
+    for node in _all_nodes(model):
+        nodes += 1
+        ops[_op_key(node)] += 1
+    parameters = 0
+    by_dtype: collections.Counter[str] = collections.Counter()
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is None:
+            continue
+        parameters += tensor.size
+        by_dtype[tensor.dtype.name.lower()] += tensor.nbytes
+    return ModelStats(nodes, dict(ops.most_common()), parameters, dict(sorted(by_dtype.items())))

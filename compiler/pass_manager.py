@@ -1,0 +1,133 @@
+"""Runs a list of passes with instruments, and reports failures by pass name.
+
+Built on ``onnx_ir.passes``: each pass is an ``onnx_ir.passes.PassBase`` whose ``__call__`` checks
+its ``requires`` (preconditions) and ``ensures`` (postconditions). This manager adds what a
+compiler needs around that:
+
+* instruments (:mod:`compiler.instruments`): hooks before/after the pipeline and every pass —
+  verification, timing, IR dumps, numeric checkpoints against the reference runtime;
+* errors: any exception from a pass becomes a :class:`~compiler.errors.PassFailedError` naming the
+  pass and the passes that ran before it; a failed precondition says what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import onnx_ir as ir
+
+from compiler.errors import CompilerError, PassFailedError
+
+__all__ = ["Instrument", "PassManager", "PipelineResult", "pass_name"]
+
+
+def pass_name(pass_: ir.passes.PassBase) -> str:
+    """The registry name of a pass, or its class name for an unregistered one."""
+    return getattr(pass_, "name", None) or type(pass_).__name__
+
+
+class Instrument:
+    """Hooks called around a pipeline and each pass. Subclasses override what they need."""
+
+    def before_pipeline(self, model: ir.Model) -> None:
+        """Called once with the input model, before any pass."""
+
+    def before_pass(self, index: int, pass_: ir.passes.PassBase, model: ir.Model) -> None:
+        """Called before pass number ``index`` (0-based) runs."""
+
+    def after_pass(
+        self, index: int, pass_: ir.passes.PassBase, result: ir.passes.PassResult
+    ) -> None:
+        """Called after pass number ``index`` returned ``result``."""
+
+    def after_pipeline(self, model: ir.Model) -> None:
+        """Called once with the final model."""
+
+
+@dataclasses.dataclass
+class PipelineResult:
+    """The final model, whether any pass changed it, and which passes did."""
+
+    model: ir.Model
+    modified: bool
+    applied: list[tuple[str, bool]]
+
+
+class PassManager:
+    """Runs ``passes`` in order on a model, calling ``instruments`` around each.
+
+    ``steps`` repeats the whole list (stopping early once a round changes nothing when
+    ``early_stop``), like ``onnx_ir.passes.PassManager``.
+    """
+
+    def __init__(
+        self,
+        passes: Sequence[ir.passes.PassBase],
+        instruments: Sequence[Instrument] = (),
+        *,
+        steps: int = 1,
+        early_stop: bool = True,
+    ) -> None:
+        self.passes = list(passes)
+        self.instruments = list(instruments)
+        self.steps = steps
+        self.early_stop = early_stop
+
+    def __call__(self, model: ir.Model) -> PipelineResult:
+        return self.run(model)
+
+    def run(self, model: ir.Model) -> PipelineResult:
+        for instrument in self.instruments:
+            instrument.before_pipeline(model)
+        applied: list[tuple[str, bool]] = []
+        index = 0
+        for _ in range(self.steps):
+            round_modified = False
+            for pass_ in self.passes:
+                model, modified = self._run_one(index, pass_, model, [n for n, _ in applied])
+                applied.append((pass_name(pass_), modified))
+                round_modified |= modified
+                index += 1
+            if self.early_stop and not round_modified:
+                break
+        for instrument in self.instruments:
+            instrument.after_pipeline(model)
+        return PipelineResult(model, any(m for _, m in applied), applied)
+
+    def _run_one(
+        self, index: int, pass_: ir.passes.PassBase, model: ir.Model, before: list[str]
+    ) -> tuple[ir.Model, bool]:
+        name = pass_name(pass_)
+        after = f" (after {', '.join(before)})" if before else " (the first pass)"
+        for instrument in self.instruments:
+            instrument.before_pass(index, pass_, model)
+        try:
+            result = pass_(model)
+        except CompilerError as e:
+            if isinstance(e, PassFailedError):
+                raise
+            raise PassFailedError(
+                f"pass {name!r} failed{after}: {e}", pass_name=name, passes_before=before
+            ) from e
+        except ir.passes.PreconditionError as e:
+            cause = f": {e.__cause__}" if e.__cause__ else ""
+            raise PassFailedError(
+                f"pass {name!r} cannot run{after}: {e}{cause}", pass_name=name, passes_before=before
+            ) from e
+        except Exception as e:
+            raise PassFailedError(
+                f"pass {name!r} failed{after}: {type(e).__name__}: {e}",
+                pass_name=name,
+                passes_before=before,
+            ) from e
+        for instrument in self.instruments:
+            try:
+                instrument.after_pass(index, pass_, result)
+            except CompilerError as e:
+                if isinstance(e, PassFailedError):
+                    raise
+                raise PassFailedError(
+                    f"after pass {name!r}{after}: {e}", pass_name=name, passes_before=before
+                ) from e
+        return result.model, result.modified

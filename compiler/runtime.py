@@ -1,0 +1,143 @@
+"""Loads a built artifact and runs it: what a deployment needs, and nothing else.
+
+Imports only the standard library, numpy, safetensors and TVM's runtime; no pass, frontend or
+backend code. ``load`` verifies every file's sha256 against the manifest first, so a tampered or
+incomplete artifact fails before any code from it is loaded.
+
+    model = compiler.runtime.load("out/")
+    outputs = model({"input_ids": ids})        # dict of numpy arrays by output name
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compiler.artifact import LIBRARY_FILE, WEIGHTS_FILE, read_manifest
+from compiler.errors import ArtifactError, InputError
+
+__all__ = ["CompiledModel", "load"]
+
+
+def _device(kind: str):
+    import tvm
+
+    if kind in ("cpu", "llvm"):
+        return tvm.cpu(0)
+    if kind in ("cuda", "gpu"):
+        return tvm.cuda(0)
+    raise ArtifactError(f"unknown device {kind!r}: use 'cpu' or 'cuda'")
+
+
+class CompiledModel:
+    """A loaded artifact. Call it with numpy arrays by input name; get numpy arrays by name."""
+
+    def __init__(self, path: str | os.PathLike, *, device: str | None = None) -> None:
+        import tvm
+        from safetensors.numpy import load_file
+
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path, verify=True)
+        target_kind = self.manifest["target"]["kind"]
+        self.device = _device(device or ("cuda" if target_kind == "cuda" else "cpu"))
+        self.inputs: list[dict[str, Any]] = self.manifest["inputs"]
+        self.outputs: list[dict[str, Any]] = self.manifest["outputs"]
+        try:
+            library = tvm.runtime.load_module(str(self.path / LIBRARY_FILE))
+            self._vm = tvm.runtime.vm.VirtualMachine(library, self.device)
+        except Exception as e:
+            raise ArtifactError(f"{self.path / LIBRARY_FILE}: cannot load the library: {e}") from e
+        stored = load_file(str(self.path / WEIGHTS_FILE))
+        self._params = []
+        for entry in self.manifest["weights"]["order"]:
+            array = stored.get(entry["key"])
+            if array is None:
+                raise ArtifactError(f"{self.path / WEIGHTS_FILE}: weight {entry['key']} is missing")
+            array = _restore_dtype(array, entry["dtype"])
+            if array.size == int(np.prod(entry["shape"])):
+                array = array.reshape(entry["shape"])  # safetensors stores 0-d tensors as [1]
+            else:
+                raise ArtifactError(
+                    f"{self.path / WEIGHTS_FILE}: weight {entry['key']} has shape "
+                    f"{list(array.shape)}, the manifest says {entry['shape']}"
+                )
+            self._params.append(tvm.runtime.tensor(array, self.device))
+
+    @property
+    def input_names(self) -> list[str]:
+        return [spec["name"] for spec in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [spec["name"] for spec in self.outputs]
+
+    def _check(self, spec: dict[str, Any], value: Any) -> np.ndarray:
+        array = np.asarray(value)
+        name, dtype = spec["name"], spec["dtype"]
+        if str(array.dtype) != dtype:
+            raise InputError(f"input {name!r} must be {dtype}, got {array.dtype}")
+        shape = spec["shape"]
+        if shape is not None:
+            if array.ndim != len(shape):
+                raise InputError(
+                    f"input {name!r} must have rank {len(shape)} (shape {shape}), got "
+                    f"shape {list(array.shape)}"
+                )
+            for want, got in zip(shape, array.shape, strict=True):
+                if isinstance(want, int) and want != got:
+                    raise InputError(
+                        f"input {name!r} must have shape {shape}, got {list(array.shape)}"
+                    )
+        return np.ascontiguousarray(array)
+
+    def __call__(
+        self, inputs: Mapping[str, Any] | None = None, **named: Any
+    ) -> dict[str, np.ndarray]:
+        import tvm
+
+        given = {**(inputs or {}), **named}
+        missing = [n for n in self.input_names if n not in given]
+        if missing:
+            raise InputError(f"missing input {missing[0]!r} (the model takes {self.input_names})")
+        extra = sorted(set(given) - set(self.input_names))
+        if extra:
+            raise InputError(f"unknown input {extra[0]!r} (the model takes {self.input_names})")
+        args = [
+            tvm.runtime.tensor(self._check(spec, given[spec["name"]]), self.device)
+            for spec in self.inputs
+        ]
+        result = self._vm["main"](*args, *self._params)
+        values = _flatten(result)
+        if len(values) != len(self.outputs):
+            raise ArtifactError(
+                f"{self.path}: the library returned {len(values)} outputs, the manifest lists "
+                f"{len(self.outputs)}"
+            )
+        return {spec["name"]: value for spec, value in zip(self.outputs, values, strict=True)}
+
+
+def _flatten(result: Any) -> list[np.ndarray]:
+    if hasattr(result, "numpy"):
+        return [result.numpy()]
+    values: list[np.ndarray] = []
+    for item in result:
+        values.extend(_flatten(item))
+    return values
+
+
+def _restore_dtype(array: np.ndarray, dtype: str) -> np.ndarray:
+    """Weights whose dtype safetensors-numpy lacks (bfloat16, ...) are stored as raw bits."""
+    if str(array.dtype) == dtype:
+        return array
+    import ml_dtypes  # noqa: F401  (registers bfloat16 and friends with numpy)
+
+    return array.view(np.dtype(dtype))
+
+
+def load(path: str | os.PathLike, *, device: str | None = None) -> CompiledModel:
+    """Loads the artifact folder at ``path`` (verifying its hashes) for ``device``."""
+    return CompiledModel(path, device=device)

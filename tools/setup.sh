@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Sets up everything the project needs, idempotently: system tools (a C++ compiler, which TVM
+# uses to link libraries), a Python 3.11 virtual environment in .venv, and the project with its
+# test extras. A second run with an unchanged pyproject.toml does nothing but check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
+command -v make >/dev/null 2>&1 || need_apt+=(make)
+if ((${#need_apt[@]})); then
+    echo "setup: installing system packages: ${need_apt[*]}"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+    for candidate in python3.11 python3; do
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+            PY="$candidate"; break
+        fi
+    done
+fi
+[ -n "$PY" ] || { echo "setup: Python 3.11 is required (set PYTHON=/path/to/python3.11)" >&2; exit 1; }
+
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv with $PY"
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.setup-stamp
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "setup: installing the project and its dependencies into .venv (first run: ~2 min)"
+    .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+    echo "$want" >"$stamp"
+fi

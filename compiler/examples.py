@@ -14,44 +14,35 @@ from typing import Any
 __all__ = ["EXAMPLES", "export_onnx", "make_example"]
 
 
-def _seeded(seed: int):
+def _wrap(model, output: str, keys: tuple[str, ...]):
+    """Wraps a transformers model so that it returns one tensor and builds no KV cache."""
+    import torch
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args):
+            kwargs = dict(zip(keys, args, strict=True))
+            if output == "logits":
+                kwargs["use_cache"] = False
+            return getattr(self.model(**kwargs), output)
+
+    return Wrapper().eval()
+
+
+def _instantiate(config, model_factory, *, seed: int, vocab: int, seq: int):
+    """Seeds torch, builds the model with eager attention, and draws example token ids."""
     import torch
 
     torch.manual_seed(seed)
-    return torch
+    config._attn_implementation = "eager"
+    model = model_factory(config).eval()
+    return model, torch.randint(0, vocab, (1, seq))
 
 
-class _LogitsOnly:
-    """Wraps a transformers model so that it returns one tensor and builds no KV cache."""
-
-    @staticmethod
-    def wrap(model, output: str, keys: tuple[str, ...]):
-        import torch
-
-        class Wrapper(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, *args):
-                kwargs = dict(zip(keys, args, strict=True))
-                if output == "logits":
-                    kwargs["use_cache"] = False
-                return getattr(self.model(**kwargs), output)
-
-        return Wrapper().eval()
-
-
-def gpt2(
-    *,
-    layers: int = 2,
-    hidden: int = 256,
-    heads: int = 4,
-    vocab: int = 1024,
-    seq: int = 32,
-    seed: int = 0,
-):
-    torch = _seeded(seed)
+def gpt2(*, layers=2, hidden=256, heads=4, vocab=1024, seq=32, seed=0):
     import transformers
 
     config = transformers.GPT2Config(
@@ -63,23 +54,12 @@ def gpt2(
         bos_token_id=0,
         eos_token_id=0,
     )
-    config._attn_implementation = "eager"
-    model = transformers.GPT2LMHeadModel(config).eval()
-    ids = torch.randint(0, vocab, (1, seq))
-    return _LogitsOnly.wrap(model, "logits", ("input_ids",)), (ids,), ["input_ids"]
+    model, ids = _instantiate(config, transformers.GPT2LMHeadModel, seed=seed, vocab=vocab, seq=seq)
+    return _wrap(model, "logits", ("input_ids",)), (ids,), ["input_ids"]
 
 
-def llama(
-    *,
-    layers: int = 2,
-    hidden: int = 256,
-    heads: int = 4,
-    kv_heads: int = 2,
-    vocab: int = 1024,
-    seq: int = 32,
-    seed: int = 0,
-):
-    torch = _seeded(seed)
+def llama(*, layers=2, hidden=256, heads=4, kv_heads=2, vocab=1024, seq=32, seed=0):
+    """Llama-style: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU."""
     import transformers
 
     config = transformers.LlamaConfig(
@@ -94,22 +74,15 @@ def llama(
         eos_token_id=0,
         pad_token_id=0,
     )
-    config._attn_implementation = "eager"
-    model = transformers.LlamaForCausalLM(config).eval()
-    ids = torch.randint(0, vocab, (1, seq))
-    return _LogitsOnly.wrap(model, "logits", ("input_ids",)), (ids,), ["input_ids"]
+    model, ids = _instantiate(
+        config, transformers.LlamaForCausalLM, seed=seed, vocab=vocab, seq=seq
+    )
+    return _wrap(model, "logits", ("input_ids",)), (ids,), ["input_ids"]
 
 
-def bert(
-    *,
-    layers: int = 2,
-    hidden: int = 256,
-    heads: int = 4,
-    vocab: int = 1024,
-    seq: int = 32,
-    seed: int = 0,
-):
-    torch = _seeded(seed)
+def bert(*, layers=2, hidden=256, heads=4, vocab=1024, seq=32, seed=0):
+    """BERT encoder without the pooler; returns the last hidden state."""
+    import torch
     import transformers
 
     config = transformers.BertConfig(
@@ -120,11 +93,15 @@ def bert(
         vocab_size=vocab,
         max_position_embeddings=max(128, seq),
     )
-    config._attn_implementation = "eager"
-    model = transformers.BertModel(config, add_pooling_layer=False).eval()
-    ids = torch.randint(0, vocab, (1, seq))
+    model, ids = _instantiate(
+        config,
+        lambda c: transformers.BertModel(c, add_pooling_layer=False),
+        seed=seed,
+        vocab=vocab,
+        seq=seq,
+    )
     mask = torch.ones((1, seq), dtype=torch.int64)
-    wrapped = _LogitsOnly.wrap(model, "last_hidden_state", ("input_ids", "attention_mask"))
+    wrapped = _wrap(model, "last_hidden_state", ("input_ids", "attention_mask"))
     return wrapped, (ids, mask), ["input_ids", "attention_mask"]
 
 

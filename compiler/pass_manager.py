@@ -102,32 +102,26 @@ class PassManager:
         after = f" (after {', '.join(before)})" if before else " (the first pass)"
         for instrument in self.instruments:
             instrument.before_pass(index, pass_, model)
+
+        def failed(message: str) -> PassFailedError:
+            return PassFailedError(message, pass_name=name, passes_before=before)
+
         try:
             result = pass_(model)
+        except PassFailedError:
+            raise
         except CompilerError as e:
-            if isinstance(e, PassFailedError):
-                raise
-            raise PassFailedError(
-                f"pass {name!r} failed{after}: {e}", pass_name=name, passes_before=before
-            ) from e
+            raise failed(f"pass {name!r} failed{after}: {e}") from e
         except ir.passes.PreconditionError as e:
             cause = f": {e.__cause__}" if e.__cause__ else ""
-            raise PassFailedError(
-                f"pass {name!r} cannot run{after}: {e}{cause}", pass_name=name, passes_before=before
-            ) from e
+            raise failed(f"pass {name!r} cannot run{after}: {e}{cause}") from e
         except Exception as e:
-            raise PassFailedError(
-                f"pass {name!r} failed{after}: {type(e).__name__}: {e}",
-                pass_name=name,
-                passes_before=before,
-            ) from e
+            raise failed(f"pass {name!r} failed{after}: {type(e).__name__}: {e}") from e
         for instrument in self.instruments:
             try:
                 instrument.after_pass(index, pass_, result)
+            except PassFailedError:
+                raise
             except CompilerError as e:
-                if isinstance(e, PassFailedError):
-                    raise
-                raise PassFailedError(
-                    f"after pass {name!r}{after}: {e}", pass_name=name, passes_before=before
-                ) from e
+                raise failed(f"after pass {name!r}{after}: {e}") from e
         return result.model, result.modified

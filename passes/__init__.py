@@ -2,26 +2,9 @@
 
 from __future__ import annotations
 
-from passes.cleanup import (
-    CleanupPass,
-    CommonSubexpressionEliminationPass,
-    ConstantFoldingPass,
-    DeadCodeEliminationPass,
-    DeduplicateInitializersPass,
-    IdentityEliminationPass,
-    OnnxSimplifierPass,
-    ShapeInferencePass,
-)
+from passes import cleanup
 
-BUILTIN_PASSES = [
-    CleanupPass,
-    CommonSubexpressionEliminationPass,
-    ConstantFoldingPass,
-    DeadCodeEliminationPass,
-    DeduplicateInitializersPass,
-    IdentityEliminationPass,
-    OnnxSimplifierPass,
-    ShapeInferencePass,
-]
+# Every pass class a family module exports is built in (the registry reads names and options).
+BUILTIN_PASSES = [getattr(cleanup, name) for name in cleanup.__all__]
 
-__all__ = ["BUILTIN_PASSES", *[cls.__name__ for cls in BUILTIN_PASSES]]
+__all__ = ["BUILTIN_PASSES"]

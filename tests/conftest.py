@@ -54,3 +54,13 @@ def tiny_onnx(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny") / "mlp.onnx"
     ir.save(model, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory, tiny_onnx) -> Path:
+    """``tiny_onnx`` built with the default pipeline (read-only: copy it before tampering)."""
+    from compiler.build import build
+
+    out = tmp_path_factory.mktemp("artifacts") / "mlp.artifact"
+    build(tiny_onnx, out)
+    return out

@@ -33,7 +33,9 @@ def weights_text(weights: dict[str, np.ndarray]) -> str:
     for name, array in weights.items():
         dtype = {"float32": "float", "int64": "int64"}[str(array.dtype)]
         dims = ",".join(str(d) for d in array.shape)
-        values = ",".join(repr(float(v)) if dtype == "float" else str(int(v)) for v in array.ravel())
+        values = ",".join(
+            repr(float(v)) if dtype == "float" else str(int(v)) for v in array.ravel()
+        )
         parts.append(f"{dtype}[{dims}] {name} = {{{values}}}")
     return "<" + ", ".join(parts) + ">"
 
@@ -48,7 +50,7 @@ def canonical(model: ir.Model) -> list[tuple]:
     names: dict[int, str] = {}
     for i, value in enumerate(model.graph.inputs):
         names[id(value)] = f"in{i}"
-    for name, value in sorted(model.graph.initializers.items()):
+    for _name, value in sorted(model.graph.initializers.items()):
         tensor = value.const_value
         names[id(value)] = f"const{tensor.numpy().tolist() if tensor.size <= 16 else tensor.shape}"
     result = []
@@ -65,7 +67,10 @@ def canonical(model: ir.Model) -> list[tuple]:
 def seeded_inputs(model: ir.Model, seed: int = 0) -> dict[str, np.ndarray]:
     inputs, _ = signature(model)
     return random_inputs(
-        [(s.name, np.dtype(s.dtype), [d if isinstance(d, int) else 2 for d in s.shape]) for s in inputs],
+        [
+            (s.name, np.dtype(s.dtype), [d if isinstance(d, int) else 2 for d in s.shape])
+            for s in inputs
+        ],
         seed=seed,
     )
 

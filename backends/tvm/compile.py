@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from backends.tvm.target import resolve_target
@@ -58,15 +59,49 @@ def unsupported_nodes(model: ir.Model) -> list[ir.Node]:
     ]
 
 
-def _proto_with_weights(model: ir.Model):
-    """The model as a ModelProto whose initializers hold their data (TVM reads raw_data).
+# Initializers at most this many elements, and integer ones of any float-free kind, are handed to
+# TVM as Constant nodes instead of weights: with ``keep_params_in_input`` every initializer becomes
+# a runtime parameter, and a shape tensor (Expand, Reshape, Slice inputs) that is a runtime value
+# gives TVM symbolic shapes it cannot compute. Scalars (epsilons, exponents) also fold better.
+INLINE_MAX_ELEMENTS = 64
+_SHAPE_DTYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+_INLINE_INT_MAX_ELEMENTS = 4096
+
+
+def _inline_as_constant(tensor: onnx.TensorProto) -> bool:
+    size = int(np.prod(tensor.dims)) if tensor.dims else 1
+    if tensor.data_type in _SHAPE_DTYPES:
+        return size <= _INLINE_INT_MAX_ELEMENTS
+    return size <= INLINE_MAX_ELEMENTS
+
+
+def _proto_for_tvm(model: ir.Model) -> onnx.ModelProto:
+    """The model as a ModelProto for TVM's importer: weights in memory, small tensors inlined.
 
     The clone shares nothing mutable with ``model``; external data is read into the clone only.
+    Small and shape-like initializers become ``Constant`` nodes (see ``INLINE_MAX_ELEMENTS``).
     """
     clone = ir.external_data.load_to_model(model.clone())
     proto = ir.to_proto(clone)
     if not proto.graph.name:
         proto.graph.name = "main"
+    graph_inputs = {i.name for i in proto.graph.input}
+    keep, constants = [], []
+    for tensor in proto.graph.initializer:
+        if tensor.name not in graph_inputs and _inline_as_constant(tensor):
+            constants.append(
+                onnx.helper.make_node(
+                    "Constant", [], [tensor.name], name=f"{tensor.name}_const", value=tensor
+                )
+            )
+        else:
+            keep.append(tensor)
+    if constants:
+        nodes = [*constants, *proto.graph.node]
+        del proto.graph.initializer[:]
+        proto.graph.initializer.extend(keep)
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
     return proto
 
 
@@ -90,7 +125,7 @@ def compile_model(
     target_dict = resolve_target(target)
     initializer_names = set(model.graph.initializers)
     input_names = [v.name for v in model.graph.inputs if v.name not in initializer_names]
-    proto = _proto_with_weights(model)
+    proto = _proto_for_tvm(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

@@ -50,12 +50,20 @@ def load_onnx(path: str | os.PathLike) -> ir.Model:
         raise ModelLoadError(
             f"{path}: not an ONNX model (no graph or no opset import); is it another format?"
         )
-    check_external_data(proto, path.parent, model_path=path)
+    has_external = check_external_data(proto, path.parent, model_path=path)
+    unnamed = not proto.graph.name
+    if unnamed:
+        # The checker insists on a graph name that nothing else needs (onnx_ir saves none).
+        proto.graph.name = path.stem or "main"
     try:
-        onnx.checker.check_model(str(path))
+        # With external data the checker must read the file by path to see the data files.
+        onnx.checker.check_model(str(path) if has_external else proto)
     except onnx.checker.ValidationError as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
-        raise ModelLoadError(f"{path}: the ONNX checker rejected the model: {first_line}") from e
+        if not (unnamed and first_line.startswith("Field 'name' of 'graph'")):
+            raise ModelLoadError(
+                f"{path}: the ONNX checker rejected the model: {first_line}"
+            ) from e
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as e:  # onnx_ir raises several types on malformed graphs
@@ -64,12 +72,17 @@ def load_onnx(path: str | os.PathLike) -> ir.Model:
     return model
 
 
-def check_external_data(proto: onnx.ModelProto, base_dir: Path, *, model_path: Path) -> None:
-    """Raises :class:`UnsafeModelError` if a tensor's external data is unsafe or missing."""
+def check_external_data(proto: onnx.ModelProto, base_dir: Path, *, model_path: Path) -> bool:
+    """Raises :class:`UnsafeModelError` if a tensor's external data is unsafe or missing.
+
+    Returns whether the model has external data at all.
+    """
     base = base_dir.resolve()
+    found = False
     for tensor in _all_tensors(proto):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
+        found = True
         info = {entry.key: entry.value for entry in tensor.external_data}
         location = info.get("location", "")
         where = f"{model_path}: tensor {tensor.name!r} stores its data in {location!r}"
@@ -96,6 +109,7 @@ def check_external_data(proto: onnx.ModelProto, base_dir: Path, *, model_path: P
                 f"{where} at offset {offset} length {length}, past the end of the file "
                 f"({size} bytes)"
             )
+    return found
 
 
 def _all_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:

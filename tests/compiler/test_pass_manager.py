@@ -64,7 +64,7 @@ class Unsort(ir.passes.InPlacePass):
     def call(self, model):
         last = list(model.graph)[-1]
         model.graph.remove(last)
-        model.graph.insert_before(list(model.graph)[0], last)
+        model.graph.insert_before(next(iter(model.graph)), last)
         return ir.passes.PassResult(model, True)
 
 
@@ -77,7 +77,9 @@ def test_runs_passes_in_order_and_reports_modified():
 
 def test_failure_names_the_pass_and_the_passes_before():
     model = model_from_text(TEXT)
-    with pytest.raises(PassFailedError, match=r"pass 'boom' failed \(after eliminate-identity, dce\)"):
+    with pytest.raises(
+        PassFailedError, match=r"pass 'boom' failed \(after eliminate-identity, dce\)"
+    ):
         PassManager([IdentityEliminationPass(), DeadCodeEliminationPass(), Boom()]).run(model)
 
 
@@ -107,9 +109,9 @@ def test_instruments_are_called_around_every_pass():
             calls.append("end")
 
     timing, stats = TimingInstrument(), StatsInstrument()
-    PassManager([IdentityEliminationPass(), DeadCodeEliminationPass()], [Recorder(), timing, stats]).run(
-        model_from_text(TEXT)
-    )
+    PassManager(
+        [IdentityEliminationPass(), DeadCodeEliminationPass()], [Recorder(), timing, stats]
+    ).run(model_from_text(TEXT))
     assert calls == ["start", "before 0", "after 0", "before 1", "after 1", "end"]
     assert [name for name, _ in timing.timings] == ["eliminate-identity", "dce"]
     assert stats.before.nodes == 4 and [s.nodes for _, _, s in stats.after] == [3, 2]
@@ -127,9 +129,9 @@ def test_numeric_checkpoint_names_the_drifting_pass():
     model = model_from_text(TEXT)
     check = NumericCheckInstrument(seeded_inputs(model))
     with pytest.raises(NumericDriftError, match=r"pass 'perturb' changed output 'y'") as info:
-        PassManager([IdentityEliminationPass(), PerturbWeight(), DeadCodeEliminationPass()], [check]).run(
-            model
-        )
+        PassManager(
+            [IdentityEliminationPass(), PerturbWeight(), DeadCodeEliminationPass()], [check]
+        ).run(model)
     assert info.value.pass_name == "perturb"
     assert info.value.passes_before == ["eliminate-identity"]
     assert check.records[0].errors == {"y": 0.0}
@@ -146,7 +148,9 @@ def test_check_topological_order_accepts_a_sorted_graph():
 
 def test_dump_writes_the_model_after_each_pass(tmp_path):
     dump = DumpInstrument(tmp_path / "dumps")
-    PassManager([IdentityEliminationPass(), DeadCodeEliminationPass()], [dump]).run(model_from_text(TEXT))
+    PassManager([IdentityEliminationPass(), DeadCodeEliminationPass()], [dump]).run(
+        model_from_text(TEXT)
+    )
     names = sorted(p.name for p in (tmp_path / "dumps").iterdir())
     assert names == ["00-input.onnx", "01-eliminate-identity.onnx", "02-dce.onnx"]
     assert len(list(ir.load(tmp_path / "dumps" / "02-dce.onnx").graph)) == 2

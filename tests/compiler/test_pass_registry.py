@@ -114,4 +114,11 @@ def test_a_broken_plugin_is_reported_by_name():
 
 def test_default_registry_has_the_builtins():
     names = {info.name for info in default_registry()}
-    assert {"cleanup", "dce", "fold-constants", "cse", "eliminate-identity", "infer-shapes"} <= names
+    assert {
+        "cleanup",
+        "dce",
+        "fold-constants",
+        "cse",
+        "eliminate-identity",
+        "infer-shapes",
+    } <= names

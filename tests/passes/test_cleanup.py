@@ -128,7 +128,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("pass_cls", "before_text", "expected_text", "tolerance"), CASES)
-def test_rewrites_to_the_expected_graph_with_the_same_outputs(pass_cls, before_text, expected_text, tolerance):
+def test_rewrites_to_the_expected_graph_with_the_same_outputs(
+    pass_cls, before_text, expected_text, tolerance
+):
     before, result = _apply(pass_cls, before_text)
     assert result.modified
     expected = model_from_text(expected_text)

@@ -90,7 +90,10 @@ def bench_artifact(
     )
     runners: dict[str, Callable[[], Any]] = {"compiler": lambda: model(inputs)}
     if "onnxruntime" in against:
-        session = ReferenceSession(Path(artifact) / ONNX_FILE, threads=threads, level="all")
+        # No spinning: idle onnxruntime workers would otherwise busy-wait through our next run.
+        session = ReferenceSession(
+            Path(artifact) / ONNX_FILE, threads=threads, level="all", spin=False
+        )
         runners["onnxruntime"] = lambda: session.run(inputs)
     if "torch" in against and torch_module is not None:
         import torch

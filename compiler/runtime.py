@@ -40,6 +40,8 @@ class CompiledModel:
         import tvm
         from safetensors.numpy import load_file
 
+        import compiler.kernels  # noqa: F401  (registers the host kernels compiled code calls)
+
         self.path = Path(path)
         self.manifest = read_manifest(self.path, verify=True)
         target_kind = self.manifest["target"]["kind"]

@@ -30,6 +30,8 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 from onnxscript.optimizer._constant_folding import FoldConstantsPass
 
+from compiler.quiet import quiet_loggers
+
 __all__ = [
     "CleanupPass",
     "CommonSubexpressionEliminationPass",
@@ -100,7 +102,9 @@ class ConstantFoldingPass(ir.passes.InPlacePass):
             input_size_limit=self.input_size_limit,
             output_size_limit=self.output_size_limit,
         )
-        result = folder(model)
+        # The folder logs a warning for every node it tries and cannot evaluate; that is routine.
+        with quiet_loggers("onnxscript.optimizer._constant_folding"):
+            result = folder(model)
         # The folder leaves the folded nodes in place when their outputs lost all users; DCE
         # removes them so that "modified" means the graph really changed.
         cleanup = common.RemoveUnusedNodesPass()(result.model)

@@ -31,8 +31,15 @@ _LEVELS = {
 }
 
 
-def session_options(threads: int | None = None, level: str = "basic") -> ort.SessionOptions:
+def session_options(
+    threads: int | None = None, level: str = "basic", *, spin: bool = True
+) -> ort.SessionOptions:
+    """Session options; ``spin=False`` stops idle worker threads from busy-waiting, so that a
+    runtime timed right after onnxruntime in the same process gets the cores."""
     options = ort.SessionOptions()
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.graph_optimization_level = _LEVELS[level]
     options.log_severity_level = 3
     if threads is not None:
@@ -45,16 +52,24 @@ class ReferenceSession:
     """An onnxruntime session over an ``onnx_ir.Model`` or an ``.onnx`` path (CPU provider)."""
 
     def __init__(
-        self, model: ir.Model | str | Path, *, threads: int | None = None, level: str = "basic"
+        self,
+        model: ir.Model | str | Path,
+        *,
+        threads: int | None = None,
+        level: str = "basic",
+        spin: bool = True,
     ) -> None:
-        options = session_options(threads, level)
+        options = session_options(threads, level, spin=spin)
         try:
             if isinstance(model, (str, Path)):
                 self._session = ort.InferenceSession(
                     str(model), options, providers=["CPUExecutionProvider"]
                 )
             elif _weight_bytes(model) < _IN_MEMORY_LIMIT:
-                data = ir.to_proto(model).SerializeToString()
+                # External (memory-mapped) weights are read into a clone: a proto given to
+                # onnxruntime as bytes cannot refer to files.
+                clone = ir.external_data.load_to_model(model.clone())
+                data = ir.to_proto(clone).SerializeToString()
                 self._session = ort.InferenceSession(
                     data, options, providers=["CPUExecutionProvider"]
                 )

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from backends.tvm.pipeline import pipeline_for
 from backends.tvm.target import resolve_target
 from compiler.errors import BackendError
 
@@ -143,9 +144,7 @@ def compile_model(
         )
     tvm_target = tvm.target.Target(target_dict)
     try:
-        executable = tvm.compile(
-            mod, tvm_target, relax_pipeline=relax.get_default_pipeline(tvm_target)
-        )
+        executable = tvm.compile(mod, tvm_target, relax_pipeline=pipeline_for(tvm_target))
     except Exception as e:
         raise BackendError(f"{model_name}: TVM compilation failed: {_describe(e)}") from e
     return CompiledModule(

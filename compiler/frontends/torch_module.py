@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import warnings
 from typing import Any
 
 import onnx_ir as ir
 
 from compiler.errors import ModelLoadError
+from compiler.quiet import quiet_loggers
 
 __all__ = ["DEFAULT_OPSET", "load_torch"]
 
@@ -51,7 +51,7 @@ def load_torch(
     with (
         warnings.catch_warnings(),
         contextlib.redirect_stdout(io.StringIO()),
-        _quiet_loggers("torch.onnx", "torch.export", "torch._dynamo"),
+        quiet_loggers("torch.onnx", "torch.export", "torch._dynamo"),
     ):
         warnings.simplefilter("ignore")
         try:
@@ -72,17 +72,3 @@ def load_torch(
     model: ir.Model = program.model
     model.producer_name = "compiler (torch.onnx dynamo)"
     return model
-
-
-@contextlib.contextmanager
-def _quiet_loggers(*names: str):
-    """Raises the named loggers to ERROR for the duration (the exporter logs routine notes)."""
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)

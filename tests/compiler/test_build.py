@@ -127,3 +127,16 @@ def test_cuda_build_generates_code_and_skips_verification(tiny_onnx, tmp_path):
     assert result.manifest["target"]["kind"] == "cuda"
     assert result.report["verification"]["enabled"] is False
     assert (tmp_path / "cuda" / MANIFEST_FILE).is_file()
+
+
+def test_build_a_model_with_external_data(tmp_path):
+    from compiler.runtime import load
+    from tests.compiler.frontends.test_onnx_file import _save_with_external_data
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    path = _save_with_external_data(folder)
+    result = build(path, tmp_path / "out")
+    assert result.report["verification"]["passed"]
+    x = np.arange(128, dtype=np.float32).reshape(2, 64)
+    np.testing.assert_allclose(load(tmp_path / "out")({"x": x})["y"], x, rtol=1e-6)

@@ -1,0 +1,97 @@
+"""CPU schedule rules (dlight style) for what TVM's default CPU pipeline leaves unscheduled.
+
+TVM's CPU build runs every kernel as single-threaded scalar loops. These rules apply to the
+PrimFuncs left after ``LegalizeOps``/``FuseOps``/``FuseTIR`` (GEMMs are already offloaded to the
+BLAS, see :mod:`backends.tvm.blas_offload`), in this order, first match wins:
+
+* ``dl.cpu.Reduction`` (TVM's own): softmax, LayerNorm, RMSNorm-like fused reductions;
+* :class:`Injective`: elementwise/broadcast/transpose chains — producers inlined, all loops fused,
+  the innermost ``lanes`` (vector width / element bits) vectorized, the rest parallel over cores;
+* :class:`ReductionFallback`: any other kernel with leading spatial loops — those are fused and
+  run in parallel (the reduction itself stays serial per output element).
+
+Kernels smaller than ``PARALLEL_MIN_ELEMENTS`` stay on one thread: waking the pool costs more.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import get_extent, try_inline
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.target import Target
+from tvm.target.codegen import llvm_get_vector_width
+
+__all__ = ["PARALLEL_MIN_ELEMENTS", "Injective", "ReductionFallback", "cpu_rules"]
+
+PARALLEL_MIN_ELEMENTS = 4096
+
+
+def _lanes(sch: s_tir.Schedule, block, target: Target) -> int:
+    stmt = sch.get(block)
+    bits = stmt.writes[0].source.dtype.bits if stmt.writes else 32
+    width = llvm_get_vector_width(target)
+    return max((width if width > 0 else 128) // max(bits, 8), 1)
+
+
+class Injective(CPUScheduleRule):
+    """Fuses, vectorizes and parallelizes a kernel that is one injective block after inlining."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None:
+            return None
+        infos = try_inline(sch, infos)
+        if len(infos) != 1 or not infos[0].is_injective():
+            return None
+        block = infos[0].block_rv
+        loops = sch.get_loops(block)
+        if not loops:
+            return None
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        extent = get_extent(sch, fused)
+        if not isinstance(extent, int):
+            sch.parallel(fused)
+            return sch
+        lanes = _lanes(sch, block, target)
+        if extent % lanes == 0 and extent >= 2 * lanes:
+            outer, inner = sch.split(fused, factors=[None, lanes])
+            sch.vectorize(inner)
+            if extent >= PARALLEL_MIN_ELEMENTS:
+                sch.parallel(outer)
+        elif extent >= PARALLEL_MIN_ELEMENTS:
+            sch.parallel(fused)
+        return sch
+
+
+class ReductionFallback(CPUScheduleRule):
+    """Runs the leading spatial loops of a single-block kernel in parallel."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None or len(infos) != 1:
+            return None
+        kinds = infos[0].dom_kind()
+        leading = len(kinds) - len(kinds.lstrip("S"))
+        if leading == 0:
+            return None
+        loops = sch.get_loops(infos[0].block_rv)[:leading]
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        extent = get_extent(sch, fused)
+        if isinstance(extent, int) and extent < 2:
+            return None
+        sch.parallel(fused)
+        return sch
+
+
+def cpu_rules() -> list[CPUScheduleRule]:
+    """The rules in the order they are tried."""
+    from tvm.s_tir import dlight as dl
+
+    return [dl.cpu.Reduction(), Injective(), ReductionFallback()]

@@ -1,0 +1,122 @@
+"""The CPU pipeline's own pieces: BLAS offload, power simplification, schedule rules.
+
+Each is checked structurally on the Relax/TIR it produces, and numerically against onnxruntime
+through a full compile.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+from tvm.relax.frontend.onnx import from_onnx
+
+from backends.onnxruntime.reference import run_reference
+from backends.tvm import compile_model, host_target
+from backends.tvm.blas_offload import OffloadMatmulToBlas
+from backends.tvm.compile import _proto_for_tvm
+from backends.tvm.relax_rewrites import SimplifyPower
+from backends.tvm.schedules import Injective, ReductionFallback
+from compiler.numerics import max_error
+from tests.helpers import model_from_text, seeded_inputs, weights_text
+
+pytestmark = pytest.mark.tvm
+
+RNG = np.random.default_rng(0)
+WEIGHTS = {
+    "w": RNG.standard_normal((64, 96)).astype(np.float32),
+    "wt": RNG.standard_normal((48, 96)).astype(np.float32),
+    "bias": RNG.standard_normal((48,)).astype(np.float32),
+}
+
+
+def _relax(model):
+    with tvm.transform.PassContext():
+        mod = from_onnx(_proto_for_tvm(model), keep_params_in_input=True)
+    return relax.frontend.detach_params(mod)[0]
+
+
+@pytest.fixture(scope="module")
+def model():
+    import onnx_ir as ir
+
+    m = model_from_text(
+        f"""
+        g (float[2,16,64] x, int32[4,8] i, int32[8,4] j) => (float[32,48] y, int32[4,4] k)
+          {weights_text(WEIGHTS)} {{
+          h = MatMul(x, w)
+          three = Constant <value = float {{3.0}}> ()
+          cube = Pow(h, three)
+          act = Tanh(cube)
+          shape = Constant <value = int64[2] {{32, 96}}> ()
+          flat = Reshape(act, shape)
+          y = Gemm <transB = 1> (flat, wt, bias)
+          k = MatMul(i, j)
+        }}
+        """
+    )
+    assert isinstance(m, ir.Model)
+    return m
+
+
+def test_float_matmuls_go_to_the_blas_and_int_ones_stay(model):
+    script = OffloadMatmulToBlas()(_relax(model)).script()
+    assert script.count('"compiler.blas.matmul"') == 1
+    assert script.count('"compiler.blas.matmul_nt"') == 1  # Gemm(transB=1): no transposed copy
+    assert script.count("R.matmul(") == 1  # the int32 matmul is left to TVM
+    assert "R.permute_dims" not in script
+
+
+def test_simplify_power_turns_cubes_into_multiplies(model):
+    before = _relax(model).script()
+    after = SimplifyPower()(_relax(model)).script()
+    assert "R.power" in before and "R.power" not in after
+    assert after.count("R.multiply") == before.count("R.multiply") + 2
+
+
+def test_schedule_rules_parallelize_and_vectorize():
+    from tvm.script import tirx as T
+
+    @T.prim_func(private=True, s_tir=True)
+    def add(
+        a: T.Buffer((64, 512), "float32"),
+        b: T.Buffer((512,), "float32"),
+        c: T.Buffer((64, 512), "float32"),
+    ):
+        for i, j in T.grid(64, 512):
+            with T.sblock("c"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                c[vi, vj] = a[vi, vj] + b[vj]
+
+    @T.prim_func(private=True, s_tir=True)
+    def row_sum(a: T.Buffer((64, 512), "float32"), s: T.Buffer((64,), "float32")):
+        for i, k in T.grid(64, 512):
+            with T.sblock("s"):
+                vi, vk = T.axis.remap("SR", [i, k])
+                with T.init():
+                    s[vi] = T.float32(0)
+                s[vi] = s[vi] + a[vi, vk]
+
+    target = tvm.target.Target(host_target())
+    scheduled = Injective().apply(add, target, False).mod["main"].script()
+    assert "T.parallel" in scheduled and "T.vectorized" in scheduled
+    assert Injective().apply(row_sum, target, False) is None
+    scheduled = ReductionFallback().apply(row_sum, target, False).mod["main"].script()
+    assert "T.parallel(64)" in scheduled
+
+
+def test_compiled_pipeline_matches_onnxruntime(model):
+    inputs = seeded_inputs(model)
+    inputs["i"] = RNG.integers(-5, 5, size=(4, 8)).astype(np.int32)
+    inputs["j"] = RNG.integers(-5, 5, size=(8, 4)).astype(np.int32)
+    compiled = compile_model(model, "llvm")
+    import compiler.kernels  # noqa: F401
+
+    vm = tvm.runtime.vm.VirtualMachine(compiled.executable, tvm.cpu())
+    args = [tvm.runtime.tensor(inputs[n]) for n in compiled.input_names]
+    outs = vm["main"](*args, *[tvm.runtime.tensor(p) for p in compiled.params])
+    got = {"y": outs[0].numpy(), "k": outs[1].numpy()}
+    errors = max_error(got, run_reference(model, inputs))
+    assert errors["k"] == 0.0
+    assert errors["y"] <= 1e-5

@@ -1,0 +1,138 @@
+"""Benchmark: our artifacts against onnxruntime and torch on real architectures, in one run.
+
+    python tools/bench.py [--models gpt2,bert] [--runs 15] [--threads 2] [--json out.json]
+                          [--torch-compile] [--cache DIR]
+
+For each model (transformers configs, random weights, fixed seed): export to ONNX once (cached),
+build with ``compiler.build`` (pipeline O1, untuned), then time ours, onnxruntime (all graph
+optimizations on, same thread count) and torch eager (and torch.compile with --torch-compile),
+interleaved, medians of ``--runs`` each (DESIGN.md §6). The machine's memory read bandwidth is
+measured in the same run. Prints a table of medians and ratios to onnxruntime; writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+MODELS = {
+    # name: (example architecture, config, output name)
+    "gpt2": (
+        "gpt2",
+        {"layers": 12, "hidden": 768, "heads": 12, "vocab": 50257, "seq": 128},
+        "logits",
+    ),
+    "bert": (
+        "bert",
+        {"layers": 12, "hidden": 768, "heads": 12, "vocab": 30522, "seq": 128},
+        "last_hidden_state",
+    ),
+    "gpt2-small": (
+        "gpt2",
+        {"layers": 2, "hidden": 256, "heads": 4, "vocab": 1024, "seq": 32},
+        "logits",
+    ),
+}
+
+
+def memory_bandwidth_gbs(gib: float = 1.0, repeats: int = 5) -> float:
+    """Read bandwidth: a float32 sum over a buffer far larger than the caches (median GB/s)."""
+    array = np.ones(int(gib * (1 << 30)) // 4, dtype=np.float32)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        array.sum()
+        times.append(time.perf_counter() - start)
+    return array.nbytes / statistics.median(times) / 1e9
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="gpt2,bert")
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--torch-compile", action="store_true")
+    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "compiler-bench"))
+    parser.add_argument("--json", default="bench-results.json")
+    args = parser.parse_args()
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+
+    import torch
+
+    from compiler.bench import bench_artifact
+    from compiler.build import build
+    from compiler.examples import make_example
+    from compiler.frontends.torch_module import load_torch
+
+    torch.set_num_threads(args.threads)
+    cache = Path(args.cache)
+    results: dict = {
+        "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version()},
+        "threads": args.threads,
+        "runs": args.runs,
+        "memory_read_gbs": memory_bandwidth_gbs(),
+        "models": {},
+    }
+    print(f"memory read bandwidth: {results['memory_read_gbs']:.1f} GB/s", flush=True)
+    for name in args.models.split(","):
+        arch, config, output = MODELS[name]
+        module, inputs, input_names = make_example(arch, **config)
+        onnx_path = cache / name / f"{name}.onnx"
+        if not onnx_path.exists():
+            import onnx_ir as ir
+
+            model = load_torch(module, inputs, input_names=input_names, output_names=[output])
+            onnx_path.parent.mkdir(parents=True, exist_ok=True)
+            ir.save(model, onnx_path, external_data=f"{name}.onnx.data")
+        start = time.perf_counter()
+        built = build(onnx_path, cache / name / "artifact")
+        build_seconds = time.perf_counter() - start
+        result = bench_artifact(
+            cache / name / "artifact",
+            runs=args.runs,
+            warmup=args.warmup,
+            threads=args.threads,
+            against=("onnxruntime", "torch"),
+            torch_module=module,
+            torch_inputs=inputs,
+        )
+        entry = {
+            "config": config,
+            "build_seconds": build_seconds,
+            "max_error_vs_onnxruntime": built.report["verification"].get("max_error"),
+            **result.to_json(),
+        }
+        if args.torch_compile:
+            compiled = torch.compile(module)
+            with torch.inference_mode():
+                for _ in range(args.warmup):
+                    compiled(*inputs)
+                times = []
+                for _ in range(args.runs):
+                    start = time.perf_counter()
+                    compiled(*inputs)
+                    times.append((time.perf_counter() - start) * 1e3)
+            entry["torch_compile_ms"] = statistics.median(times)
+        results["models"][name] = entry
+        ratios = ", ".join(f"{k} {v:.2f}×" for k, v in result.ratios.items())
+        medians = ", ".join(f"{k} {v:.2f} ms" for k, v in result.medians_ms.items())
+        print(f"{name}: {medians}  (ratios to onnxruntime: {ratios})", flush=True)
+    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import tvm
 from tvm import relax
-from tvm.relax.dpl import is_op, rewrite_call, wildcard
+from tvm.relax.dpl import is_op, wildcard
 
+from backends.tvm.relax_rewrites import rewrite_every_function
 from compiler.kernels.blas import MATMUL, MATMUL_NT
 
 __all__ = ["OffloadMatmulToBlas"]
@@ -54,8 +55,4 @@ class OffloadMatmulToBlas:
                 return relax.call_dps_packed(MATMUL_NT, [a, transposed], out_ty=out)
             return relax.call_dps_packed(MATMUL, [a, b], out_ty=out)
 
-        result = mod.clone()  # a pass must not mutate its input module
-        for gvar, func in list(mod.functions_items()):
-            if isinstance(func, relax.Function):
-                result.update_func(gvar, rewrite_call(pattern, rewriter, func))
-        return result
+        return rewrite_every_function(mod, pattern, rewriter)

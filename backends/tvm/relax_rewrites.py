@@ -16,9 +16,21 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
-__all__ = ["SimplifyPower"]
+__all__ = ["SimplifyPower", "rewrite_every_function"]
 
 _MAX_EXPONENT = 4
+
+
+def rewrite_every_function(mod: tvm.IRModule, pattern, rewriter) -> tvm.IRModule:
+    """A copy of ``mod`` with ``rewrite_call(pattern, rewriter)`` applied to each Relax function.
+
+    ``rewriter(expr, matches)`` returns the replacement, or ``expr`` itself to decline.
+    """
+    result = mod.clone()  # a pass must not mutate its input module
+    for gvar, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            result.update_func(gvar, rewrite_call(pattern, rewriter, func))
+    return result
 
 
 def _scalar(const) -> float | None:
@@ -47,8 +59,4 @@ class SimplifyPower:
                 result = relax.op.multiply(result, x)
             return result
 
-        result = mod.clone()
-        for gvar, func in list(mod.functions_items()):
-            if isinstance(func, relax.Function):
-                result.update_func(gvar, rewrite_call(pattern, rewriter, func))
-        return result
+        return rewrite_every_function(mod, pattern, rewriter)

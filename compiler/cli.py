@@ -75,6 +75,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.passes is not None and args.pipeline is not None:
         raise InputError("give either --passes or --pipeline, not both")
     pipeline = args.pipeline or "O1"
+    if args.llm:
+        return _build_llm(args, pipeline)
     if args.model is None:
         from compiler.examples import make_example
 
@@ -108,6 +110,33 @@ def cmd_build(args: argparse.Namespace) -> int:
             **kwargs,
         )
     _print_report(result.report, result.manifest, result.output_dir)
+    return 0
+
+
+def _build_llm(args: argparse.Namespace, pipeline: str) -> int:
+    """``build --llm``: the bundled example as prefill + KV-cache decode (no .onnx input)."""
+    from compiler.examples import make_example
+    from compiler.llm import build_causal_lm
+
+    if args.model is not None:
+        raise InputError(
+            "--llm builds the bundled example (a transformers model); from Python, "
+            "compiler.llm.build_causal_lm(model, out) takes your own"
+        )
+    wrapped, _, _ = make_example(EXAMPLE, **EXAMPLE_CONFIG)
+    output = Path(args.output or "example-gpt2.llm")
+    err.print(f"Building the bundled example as an LLM (prefill + decode) → {output}/")
+    with _progress("starting") as step:
+        geometry = build_causal_lm(
+            wrapped.model,
+            output,
+            prefill_len=args.prefill_len,
+            max_context=args.max_context,
+            target=args.target,
+            pipeline=pipeline,
+            progress=step,
+        )
+    out.print(f"built {output}/: {geometry}")
     return 0
 
 
@@ -192,6 +221,23 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise
     for name, value in outputs.items():
         out.print(f"{name}: {value.dtype} {list(value.shape)}  mean {float(np.mean(value)):.6g}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------- generate
+def cmd_generate(args: argparse.Namespace) -> int:
+    from compiler.llm import load_causal_lm
+
+    try:
+        prompt = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
+    except ValueError as e:
+        raise InputError(f"--prompt-ids expects comma-separated integers: {e}") from e
+    lm = load_causal_lm(args.artifact)
+    start = time.perf_counter()
+    tokens = lm.generate(prompt, args.max_new_tokens, eos=args.eos)
+    seconds = time.perf_counter() - start
+    out.print(",".join(str(t) for t in tokens))
+    err.print(f"{len(tokens)} tokens in {seconds:.2f} s ({len(tokens) / seconds:.1f} tokens/s)")
     return 0
 
 

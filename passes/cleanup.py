@@ -26,6 +26,7 @@ run under the default numeric tolerance.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 from onnxscript.optimizer._constant_folding import FoldConstantsPass
@@ -141,7 +142,21 @@ class DeduplicateInitializersPass(ir.passes.InPlacePass):
         self.size_limit = size_limit
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        _make_initializers_contiguous(model)
         return common.DeduplicateHashedInitializersPass(size_limit=self.size_limit)(model)
+
+
+def _make_initializers_contiguous(model: ir.Model) -> None:
+    """Copies numpy-backed initializers that are strided views (torch export produces some).
+
+    onnx_ir's hashing reads the raw buffer and refuses non-contiguous arrays; the values are
+    unchanged by the copy.
+    """
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        raw = getattr(tensor, "raw", None)
+        if isinstance(raw, np.ndarray) and not raw.flags.c_contiguous:
+            value.const_value = ir.tensor(np.ascontiguousarray(raw), name=tensor.name)
 
 
 class IdentityEliminationPass(ir.passes.InPlacePass):

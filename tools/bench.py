@@ -38,6 +38,11 @@ MODELS = {
         {"layers": 12, "hidden": 768, "heads": 12, "vocab": 30522, "seq": 128},
         "last_hidden_state",
     ),
+    "gpt2-decode": (
+        "gpt2",
+        {"layers": 12, "hidden": 768, "heads": 12, "vocab": 50257, "seq": 128},
+        "logits",
+    ),
     "gpt2-small": (
         "gpt2",
         {"layers": 2, "hidden": 256, "heads": 4, "vocab": 1024, "seq": 32},
@@ -57,9 +62,40 @@ def memory_bandwidth_gbs(gib: float = 1.0, repeats: int = 5) -> float:
     return array.nbytes / statistics.median(times) / 1e9
 
 
+def bench_decode(name: str, model, cache: Path, args) -> dict:
+    """One decode step (batch 1, a 128-slot KV cache) of our LLM artifact vs onnxruntime.
+
+    Also reports the weight bytes each step reads over its median time, as a share of the
+    machine's measured read bandwidth: the decode GEMVs are bandwidth-bound.
+    """
+    from compiler.artifact import read_manifest
+    from compiler.bench import bench_artifact
+    from compiler.llm import build_causal_lm
+
+    start = time.perf_counter()
+    build_causal_lm(model, cache / name / "llm", prefill_len=16, max_context=128)
+    build_seconds = time.perf_counter() - start
+    decode = cache / name / "llm" / "decode"
+    result = bench_artifact(
+        decode, runs=args.runs, warmup=args.warmup, threads=args.threads, against=("onnxruntime",)
+    )
+    weight_bytes = read_manifest(decode)["files"]["weights.safetensors"]["bytes"]
+    ours_gbs = weight_bytes / (result.medians_ms["compiler"] / 1e3) / 1e9
+    entry = {
+        "build_seconds": build_seconds,
+        "weight_bytes": weight_bytes,
+        "weights_read_gbs": ours_gbs,
+        **result.to_json(),
+    }
+    ratios = ", ".join(f"{k} {v:.2f}×" for k, v in result.ratios.items())
+    medians = ", ".join(f"{k} {v:.2f} ms" for k, v in result.medians_ms.items())
+    print(f"{name}: {medians}  (ratios: {ratios}); weights read at {ours_gbs:.1f} GB/s", flush=True)
+    return entry
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="gpt2,bert")
+    parser.add_argument("--models", default="gpt2,bert,gpt2-decode")
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -89,6 +125,9 @@ def main() -> int:
     for name in args.models.split(","):
         arch, config, output = MODELS[name]
         module, inputs, input_names = make_example(arch, **config)
+        if name.endswith("-decode"):
+            results["models"][name] = bench_decode(name, module.model, cache, args)
+            continue
         onnx_path = cache / name / f"{name}.onnx"
         if not onnx_path.exists():
             import onnx_ir as ir
@@ -129,6 +168,9 @@ def main() -> int:
         ratios = ", ".join(f"{k} {v:.2f}×" for k, v in result.ratios.items())
         medians = ", ".join(f"{k} {v:.2f} ms" for k, v in result.medians_ms.items())
         print(f"{name}: {medians}  (ratios to onnxruntime: {ratios})", flush=True)
+    for entry in results["models"].values():
+        if "weights_read_gbs" in entry:
+            entry["share_of_bandwidth"] = entry["weights_read_gbs"] / results["memory_read_gbs"]
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.json}")
     return 0

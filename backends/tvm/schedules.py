@@ -4,7 +4,10 @@ TVM's CPU build runs every kernel as single-threaded scalar loops. These rules a
 PrimFuncs left after ``LegalizeOps``/``FuseOps``/``FuseTIR`` (GEMMs are already offloaded to the
 BLAS, see :mod:`backends.tvm.blas_offload`), in this order, first match wins:
 
-* ``dl.cpu.Reduction`` (TVM's own): softmax, LayerNorm, RMSNorm-like fused reductions;
+* :class:`Reduction` — TVM's ``dl.cpu.Reduction`` (softmax, LayerNorm, RMSNorm-like fused
+  reductions), guarded: when every reduction has a single output row (a decode step's
+  LayerNorm over [1, 1, 768]), TVM's rule parallelizes the *normalized* axis and recomputes the
+  reduction for every element (1.2 ms instead of microseconds); such kernels are left serial;
 * :class:`Injective`: elementwise/broadcast/transpose chains — producers inlined, all loops fused,
   the innermost ``lanes`` (vector width / element bits) vectorized, the rest parallel over cores;
 * :class:`ReductionFallback`: any other kernel with leading spatial loops — those are fused and
@@ -22,7 +25,7 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 from tvm.target.codegen import llvm_get_vector_width
 
-__all__ = ["PARALLEL_MIN_ELEMENTS", "Injective", "ReductionFallback", "cpu_rules"]
+__all__ = ["PARALLEL_MIN_ELEMENTS", "Injective", "Reduction", "ReductionFallback", "cpu_rules"]
 
 PARALLEL_MIN_ELEMENTS = 4096
 
@@ -32,6 +35,33 @@ def _lanes(sch: s_tir.Schedule, block, target: Target) -> int:
     bits = stmt.writes[0].source.dtype.bits if stmt.writes else 32
     width = llvm_get_vector_width(target)
     return max((width if width > 0 else 128) // max(bits, 8), 1)
+
+
+def _spatial_size(info) -> int | None:
+    size = 1
+    for it in info.iters:
+        if it.kind == "S":
+            if not isinstance(it.dom, int):
+                return None
+            size *= it.dom
+    return size
+
+
+class Reduction(CPUScheduleRule):
+    """TVM's CPU reduction rule, refused for kernels whose reductions produce one row only."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
+        from tvm.s_tir import dlight as dl
+
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        infos = normalize_prim_func(s_tir.Schedule(func))
+        if infos is None:
+            return None
+        reductions = [info for info in infos if not info.is_injective()]
+        if reductions and all(_spatial_size(info) == 1 for info in reductions):
+            return None
+        return dl.cpu.Reduction().apply(func, target, tunable)
 
 
 class Injective(CPUScheduleRule):
@@ -92,6 +122,4 @@ class ReductionFallback(CPUScheduleRule):
 
 def cpu_rules() -> list[CPUScheduleRule]:
     """The rules in the order they are tried."""
-    from tvm.s_tir import dlight as dl
-
-    return [dl.cpu.Reduction(), Injective(), ReductionFallback()]
+    return [Reduction(), Injective(), ReductionFallback()]

@@ -120,3 +120,27 @@ def test_compiled_pipeline_matches_onnxruntime(model):
     errors = max_error(got, run_reference(model, inputs))
     assert errors["k"] == 0.0
     assert errors["y"] <= 1e-5
+
+
+def _layer_norm_primfunc(shape):
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    g = relax.Var("g", relax.TensorType((shape[-1],), "float32"))
+    b = relax.Var("b", relax.TensorType((shape[-1],), "float32"))
+    with bb.function("main", [x, g, b]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit(relax.op.nn.layer_norm(x, g, b, axes=[-1])))
+        bb.emit_func_output(out)
+    mod = relax.transform.LegalizeOps()(bb.get())
+    return next(f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+
+
+def test_reduction_rule_skips_single_row_normalizations():
+    """TVM's rule would parallelize a [1, 1, 768] LayerNorm over the normalized axis and
+    recompute the mean and variance for every element; ours leaves it serial."""
+    from backends.tvm.schedules import Reduction
+
+    target = tvm.target.Target(host_target())
+    assert Reduction().apply(_layer_norm_primfunc((1, 1, 768)), target, False) is None
+    scheduled = Reduction().apply(_layer_norm_primfunc((1, 128, 768)), target, False)
+    assert "T.parallel(T.int64(128))" in scheduled.mod["main"].script()

@@ -4,6 +4,11 @@ Method (DESIGN.md §6): warm-up runs first, then the runtimes are timed interlea
 ours, peer … — so drift on this noisy machine hits all of them alike; medians of ``runs`` each
 and their ratios are reported, never an absolute time alone. Every runtime gets the same thread
 count: onnxruntime's intra-op pool, torch's ``set_num_threads``, TVM's thread pool.
+
+Each runtime keeps its own threading defaults, but a pause of ``gap_s`` separates timed runs:
+thread pools busy-wait after a run (OpenMP in torch, OpenBLAS, onnxruntime), and on 2 cores a
+pool still spinning from the previous runtime's run halves the next one's speed (measured: BERT
+535 ms back to back, 141 ms alone).
 """
 
 from __future__ import annotations
@@ -22,13 +27,12 @@ __all__ = ["BenchResult", "bench_artifact", "set_tvm_threads"]
 
 
 def set_tvm_threads(threads: int) -> None:
-    """Sets TVM's CPU thread pool size (before or after the runtime started)."""
-    os.environ["TVM_NUM_THREADS"] = str(threads)
-    import tvm
+    """Asks TVM's CPU thread pool for ``threads`` workers (read when the pool first starts).
 
-    config = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
-    if config is not None:
-        config(0, threads)  # affinity mode 0 (big cores), `threads` workers
+    Deliberately not ``runtime.config_threadpool``: it pins the calling thread to a core, and
+    the BLAS threads that GEMMs spawn from it inherit that mask — measured 3× slower on BERT.
+    """
+    os.environ["TVM_NUM_THREADS"] = str(threads)
 
 
 @dataclasses.dataclass
@@ -72,6 +76,7 @@ def bench_artifact(
     torch_module: Any = None,
     torch_inputs: tuple[Any, ...] | None = None,
     seed: int = 0,
+    gap_s: float = 0.3,
 ) -> BenchResult:
     """Times the artifact at ``artifact`` against the named peers on seeded inputs."""
     from backends.onnxruntime.reference import ReferenceSession
@@ -90,10 +95,7 @@ def bench_artifact(
     )
     runners: dict[str, Callable[[], Any]] = {"compiler": lambda: model(inputs)}
     if "onnxruntime" in against:
-        # No spinning: idle onnxruntime workers would otherwise busy-wait through our next run.
-        session = ReferenceSession(
-            Path(artifact) / ONNX_FILE, threads=threads, level="all", spin=False
-        )
+        session = ReferenceSession(Path(artifact) / ONNX_FILE, threads=threads, level="all")
         runners["onnxruntime"] = lambda: session.run(inputs)
     if "torch" in against and torch_module is not None:
         import torch
@@ -116,6 +118,8 @@ def bench_artifact(
     samples: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(runs):
         for name, fn in runners.items():
+            if len(runners) > 1:
+                time.sleep(gap_s)
             samples[name].append(_time(fn))
     medians = {name: statistics.median(values) for name, values in samples.items()}
     return BenchResult(medians, samples, runs, threads)

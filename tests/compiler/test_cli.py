@@ -196,3 +196,17 @@ def test_plugin_from_a_separate_package(tiny_onnx, tmp_path):
     optimized = onnx.load(str(out / "model.onnx"))
     tags = [p.value for n in optimized.graph.node for p in n.metadata_props if p.key == "demo.tag"]
     assert tags == ["hello", "hello"]
+
+
+def test_build_llm_and_generate(tmp_path):
+    out = tmp_path / "lm"
+    result = run_cli("build", "--llm", "-o", str(out), "--prefill-len", "8", "--max-context", "24")
+    assert result.returncode == 0, result.stderr
+    assert (out / "llm.json").is_file()
+    result = run_cli("generate", str(out), "--prompt-ids", "3,1,4,1,5", "--max-new-tokens", "6")
+    assert result.returncode == 0, result.stderr
+    tokens = result.stdout.strip().split(",")
+    assert len(tokens) == 6 and all(t.isdigit() for t in tokens)
+    result = run_cli("generate", str(out), "--prompt-ids", "1,x")
+    assert result.returncode != 0
+    assert "--prompt-ids expects comma-separated integers" in _one_error_line(result)

@@ -377,7 +377,19 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dim", action="append", metavar="NAME=INT", help="value of a symbolic dimension"
     )
+    p.add_argument(
+        "--llm", action="store_true", help="build the example as prefill + KV-cache decode"
+    )
+    p.add_argument("--prefill-len", type=int, default=32, help="with --llm: longest prompt")
+    p.add_argument("--max-context", type=int, default=128, help="with --llm: KV cache slots")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("generate", help="greedy generation with an LLM artifact (build --llm)")
+    p.add_argument("artifact")
+    p.add_argument("--prompt-ids", required=True, help="comma-separated token ids")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--eos", type=int, default=None, help="stop at this token id")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("run", help="run an artifact on inputs from an .npz file")
     p.add_argument("artifact")

@@ -51,7 +51,7 @@ def load_torch(
     with (
         warnings.catch_warnings(),
         contextlib.redirect_stdout(io.StringIO()),
-        quiet_loggers("torch.onnx", "torch.export", "torch._dynamo"),
+        quiet_loggers("torch.onnx", "torch.export", "torch._dynamo", "onnxscript"),
     ):
         warnings.simplefilter("ignore")
         try:

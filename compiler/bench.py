@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BenchResult", "bench_artifact", "set_tvm_threads"]
+__all__ = ["BenchResult", "bench_artifact", "bench_isolated", "set_tvm_threads"]
 
 
 def set_tvm_threads(threads: int) -> None:
@@ -123,3 +123,72 @@ def bench_artifact(
             samples[name].append(_time(fn))
     medians = {name: statistics.median(values) for name, values in samples.items()}
     return BenchResult(medians, samples, runs, threads)
+
+
+def _time_in_this_process(
+    artifact: str, runtime: str, runs: int, warmup: int, threads: int, seed: int
+) -> list[float]:
+    """Times one runtime alone (the body of an isolated measurement)."""
+    from backends.onnxruntime.reference import ReferenceSession
+    from compiler.artifact import ONNX_FILE
+    from compiler.numerics import random_inputs
+    from compiler.runtime import load
+
+    set_tvm_threads(threads)
+    model = load(artifact)
+    inputs = random_inputs(
+        [
+            (s["name"], np.dtype(s["dtype"]), [d if isinstance(d, int) else 1 for d in s["shape"]])
+            for s in model.inputs
+        ],
+        seed=seed,
+    )
+    if runtime == "compiler":
+        fn: Callable[[], Any] = lambda: model(inputs)  # noqa: E731
+    elif runtime == "onnxruntime":
+        del model
+        session = ReferenceSession(Path(artifact) / ONNX_FILE, threads=threads, level="all")
+        fn = lambda: session.run(inputs)  # noqa: E731
+    else:
+        raise ValueError(f"unknown runtime {runtime!r}")
+    for _ in range(warmup):
+        fn()
+    return [_time(fn) for _ in range(runs)]
+
+
+def bench_isolated(
+    artifact: str | Path,
+    *,
+    runtimes: tuple[str, ...] = ("compiler", "onnxruntime"),
+    rounds: int = 3,
+    runs: int = 5,
+    warmup: int = 3,
+    threads: int = 2,
+    seed: int = 0,
+) -> BenchResult:
+    """Times each runtime in its own fresh process, alternating processes for ``rounds`` rounds.
+
+    In one process, thread pools of different runtimes disturb each other on 2 cores (see the
+    module docstring); separate processes measure each runtime as a deployment would run it.
+    Medians are over all ``rounds × runs`` samples of each runtime.
+    """
+    import json
+    import subprocess
+    import sys
+
+    samples: dict[str, list[float]] = {name: [] for name in runtimes}
+    for _ in range(rounds):
+        for name in runtimes:
+            code = (
+                "import json, sys\n"
+                "from compiler.bench import _time_in_this_process as t\n"
+                f"print(json.dumps(t({str(artifact)!r}, {name!r}, {runs}, {warmup}, "
+                f"{threads}, {seed})))\n"
+            )
+            env = {**os.environ, "TVM_NUM_THREADS": str(threads)}
+            done = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+            )
+            samples[name].extend(json.loads(done.stdout.strip().splitlines()[-1]))
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    return BenchResult(medians, samples, rounds * runs, threads)

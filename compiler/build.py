@@ -131,12 +131,14 @@ def build(
     max_error_budget: float = DEFAULT_MAX_ERROR,
     seed: int = 0,
     dims: Mapping[str, int] | None = None,
+    tuning_db: str | Path | None = None,
     progress: Progress | None = None,
 ) -> BuildResult:
     """Builds ``source`` (path, ``onnx_ir.Model``, or torch module) into ``output_dir``.
 
     ``passes`` (a text pipeline) overrides ``pipeline`` (a named one: ``O0``, ``O1``).
     ``check_numerics`` runs onnxruntime after every pass and names the first that drifts.
+    ``tuning_db`` is a folder written by ``compiler tune``: kernels with records use them.
     """
     from compiler.frontends import load
 
@@ -186,7 +188,7 @@ def build(
 
     step("compiling with TVM")
     t0 = time.perf_counter()
-    compiled = compile_model(model, target, model_name=source_name)
+    compiled = compile_model(model, target, model_name=source_name, tuning_db=tuning_db)
     timings["compile"] = time.perf_counter() - t0
 
     with atomic_directory(output_dir) as tmp:
@@ -240,6 +242,10 @@ def build(
             "input_model": stats_in.to_json(),
             "output_model": model_stats(model).to_json(),
             "target": compiled.target,
+            "tuning": {
+                "database": str(tuning_db) if tuning_db is not None else None,
+                "tuned_kernels": compiled.tuned_kernels,
+            },
             "verification": verification,
             "timings_seconds": timings,
         }

@@ -106,6 +106,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             dump_dir=args.dump_dir,
             max_error_budget=args.max_error,
             dims=_parse_dims(args.dim),
+            tuning_db=args.tuning_db,
             progress=step,
             **kwargs,
         )
@@ -172,6 +173,11 @@ def _print_report(report: dict, manifest: dict, output_dir: Path) -> None:
         )
     else:
         out.print(f"not verified: {ver.get('reason', 'disabled')}")
+    tuning = report.get("tuning") or {}
+    if tuning.get("database"):
+        out.print(
+            f"tuning database {tuning['database']}: {tuning['tuned_kernels']} kernels from it"
+        )
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in report["timings_seconds"].items())
     out.print(f"timings: {timings}")
 
@@ -221,6 +227,65 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise
     for name, value in outputs.items():
         out.print(f"{name}: {value.dtype} {list(value.shape)}  mean {float(np.mean(value)):.6g}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- tune
+def _parse_budget(text: str) -> float:
+    """``90``/``90s`` seconds, ``30m`` minutes, ``1h`` hours."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    text = text.strip().lower()
+    scale = units.get(text[-1:])
+    number = text[:-1] if scale else text
+    try:
+        value = float(number) * (scale or 1)
+    except ValueError as e:
+        raise InputError(f"--budget expects a duration like 90s, 30m or 1h, got {text!r}") from e
+    if value <= 0:
+        raise InputError(f"--budget must be positive, got {text!r}")
+    return value
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from backends.tvm.tuning import tune_model
+    from compiler.frontends.onnx_file import load_onnx
+    from compiler.pass_manager import PassManager
+    from compiler.pipeline import build_passes
+
+    budget = _parse_budget(args.budget)
+    model = load_onnx(args.model)
+    # Tune what `build` compiles: the same pass pipeline first.
+    model = PassManager(build_passes(args.pipeline)).run(model).model
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[best]}"),
+    )
+    with Progress(*columns, console=err) as bar:
+        task = bar.add_task("tuning kernels", total=None, best="")
+
+        def step(name: str, index: int, total: int, best_us: float | None) -> None:
+            best = f"{name}: {best_us:.1f} µs" if best_us is not None else name
+            bar.update(task, completed=index, total=total, best=best)
+
+        result = tune_model(
+            model,
+            args.db,
+            budget_s=budget,
+            trials_per_task=args.trials_per_task,
+            progress=step,
+        )
+    out.print(
+        f"{result.tasks} kernels: {len(result.tuned)} tuned now, {len(result.skipped)} already "
+        f"in {args.db}, in {result.seconds / 60:.1f} min"
+        + (" (stopped by the budget; run again to continue)" if result.stopped_by_budget else "")
+    )
+    for name, us in sorted(result.best_us.items(), key=lambda kv: -kv[1])[:10]:
+        out.print(f"  {us:10.1f} µs  {name}")
     return 0
 
 
@@ -377,12 +442,21 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dim", action="append", metavar="NAME=INT", help="value of a symbolic dimension"
     )
+    p.add_argument("--tuning-db", help="use the records in this tuning database (compiler tune)")
     p.add_argument(
         "--llm", action="store_true", help="build the example as prefill + KV-cache decode"
     )
     p.add_argument("--prefill-len", type=int, default=32, help="with --llm: longest prompt")
     p.add_argument("--max-context", type=int, default=128, help="with --llm: KV cache slots")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("tune", help="tune the model's kernels with MetaSchedule into a database")
+    p.add_argument("model", help="an .onnx file")
+    p.add_argument("--db", required=True, help="tuning database folder (created, or resumed)")
+    p.add_argument("--budget", default="30m", help="wall-clock budget: 90s, 30m, 1h")
+    p.add_argument("--trials-per-task", type=int, default=64)
+    p.add_argument("--pipeline", default="O1", help="the pass pipeline the build will use")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("generate", help="greedy generation with an LLM artifact (build --llm)")
     p.add_argument("artifact")

@@ -38,6 +38,12 @@ MODELS = {
         {"layers": 12, "hidden": 768, "heads": 12, "vocab": 30522, "seq": 128},
         "last_hidden_state",
     ),
+    # Llama-style, ~107M parameters: RMSNorm, rotary, grouped-query attention, SwiGLU.
+    "llama": (
+        "llama",
+        {"layers": 12, "hidden": 768, "heads": 12, "kv_heads": 4, "vocab": 16000, "seq": 128},
+        "logits",
+    ),
     "gpt2-decode": (
         "gpt2",
         {"layers": 12, "hidden": 768, "heads": 12, "vocab": 50257, "seq": 128},
@@ -93,15 +99,52 @@ def bench_decode(name: str, model, cache: Path, args) -> dict:
     return entry
 
 
+def ratio_chart(results: dict) -> str:
+    """A self-contained SVG bar chart: each runtime's latency as a ratio to onnxruntime."""
+    rows = [
+        (model, runtime, ratio)
+        for model, entry in results["models"].items()
+        for runtime, ratio in entry.get("ratios_to_onnxruntime", {}).items()
+    ]
+    colors = {"compiler": "#1f77b4", "onnxruntime": "#7f7f7f", "torch": "#ff7f0e"}
+    bar, gap, left, width = 18, 10, 230, 420
+    top = max((r for *_, r in rows), default=1.0)
+    height = 40 + len(rows) * (bar + 4) + gap * len(results["models"])
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 80}" height="{height}" '
+        'font-family="sans-serif" font-size="12">',
+        f'<text x="10" y="20" font-weight="bold">Latency / onnxruntime (lower is better), '
+        f"{results['threads']} threads, median of {results['runs']}</text>",
+    ]
+    y, previous = 34, None
+    for model, runtime, ratio in rows:
+        if model != previous and previous is not None:
+            y += gap
+        previous = model
+        w = width * ratio / top
+        parts.append(f'<text x="10" y="{y + 13}">{model} — {runtime}</text>')
+        color = colors.get(runtime, "#2ca02c")
+        parts.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar}" fill="{color}"/>')
+        parts.append(f'<text x="{left + w + 4:.1f}" y="{y + 13}">{ratio:.2f}×</text>')
+        y += bar + 4
+    x1 = left + width / top
+    parts.append(
+        f'<line x1="{x1:.1f}" x2="{x1:.1f}" y1="28" y2="{y}" stroke="black" stroke-dasharray="3"/>'
+    )
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="gpt2,bert,gpt2-decode")
+    parser.add_argument("--models", default="gpt2,bert,llama,gpt2-decode")
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--torch-compile", action="store_true")
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "compiler-bench"))
     parser.add_argument("--json", default="bench-results.json")
+    parser.add_argument("--plot", default="bench-results.svg", help="bar chart of the ratios")
     args = parser.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
 
@@ -172,7 +215,8 @@ def main() -> int:
         if "weights_read_gbs" in entry:
             entry["share_of_bandwidth"] = entry["weights_read_gbs"] / results["memory_read_gbs"]
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    Path(args.plot).write_text(ratio_chart(results))
+    print(f"wrote {args.json} and {args.plot}")
     return 0
 
 

@@ -13,6 +13,7 @@ unsupported op is reported with the node's name instead of failing deep inside t
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from backends.tvm.pipeline import pipeline_for
 from backends.tvm.target import resolve_target
 from compiler.errors import BackendError
 
-__all__ = ["CompiledModule", "compile_model", "unsupported_nodes"]
+__all__ = ["CompiledModule", "ImportedModule", "compile_model", "import_relax", "unsupported_nodes"]
 
 _ONNX_DOMAINS = ("", "ai.onnx", "com.microsoft")
 
@@ -39,6 +40,7 @@ class CompiledModule:
     params: list[np.ndarray]
     input_names: list[str]
     target: dict[str, Any]
+    tuned_kernels: int = 0  # kernels scheduled from a tuning database
 
     def export_library(self, path: str | Path) -> None:
         self.executable.export_library(str(path))
@@ -106,11 +108,18 @@ def _proto_for_tvm(model: ir.Model) -> onnx.ModelProto:
     return proto
 
 
-def compile_model(
-    model: ir.Model, target: str | dict[str, Any] = "llvm", *, model_name: str = "model"
-) -> CompiledModule:
-    """Compiles ``model`` for ``target``; raises :class:`BackendError` naming the failing node."""
-    import tvm
+@dataclasses.dataclass
+class ImportedModule:
+    """A model imported into Relax: the module, its weights in call order, and its inputs."""
+
+    mod: Any  # tvm.IRModule, "main" takes the inputs then the weights
+    param_names: list[str]
+    params: list[np.ndarray]
+    input_names: list[str]
+
+
+def import_relax(model: ir.Model, *, model_name: str = "model") -> ImportedModule:
+    """Imports ``model`` into Relax; raises :class:`BackendError` naming an unsupported node."""
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -123,7 +132,6 @@ def compile_model(
             f"{model_name}: node {node.name!r} uses op {op}, which the TVM backend cannot compile"
             f"{others}"
         )
-    target_dict = resolve_target(target)
     initializer_names = set(model.graph.initializers)
     input_names = [v.name for v in model.graph.inputs if v.name not in initializer_names]
     proto = _proto_for_tvm(model)
@@ -142,17 +150,44 @@ def compile_model(
             f"{model_name}: TVM's importer produced {len(main.params)} parameters for "
             f"{len(input_names)} inputs and {len(weights)} weights"
         )
+    return ImportedModule(mod, [v.name for v in param_vars], weights, input_names)
+
+
+def compile_model(
+    model: ir.Model,
+    target: str | dict[str, Any] = "llvm",
+    *,
+    model_name: str = "model",
+    tuning_db: str | os.PathLike | None = None,
+) -> CompiledModule:
+    """Compiles ``model`` for ``target``; raises :class:`BackendError` naming the failing node.
+
+    With ``tuning_db`` (a MetaSchedule JSON database folder written by ``compiler tune``), the
+    kernels it has records for are scheduled from them; ``tuned_kernels`` counts them.
+    """
+    import tvm
+
+    imported = import_relax(model, model_name=model_name)
+    target_dict = resolve_target(target)
     tvm_target = tvm.target.Target(target_dict)
+    database = None
+    if tuning_db is not None:
+        from backends.tvm.tuning import open_database
+
+        database = open_database(tuning_db)
+    stats: dict = {}
     try:
-        executable = tvm.compile(mod, tvm_target, relax_pipeline=pipeline_for(tvm_target))
+        pipeline = pipeline_for(tvm_target, database=database, stats=stats)
+        executable = tvm.compile(imported.mod, tvm_target, relax_pipeline=pipeline)
     except Exception as e:
         raise BackendError(f"{model_name}: TVM compilation failed: {_describe(e)}") from e
     return CompiledModule(
         executable=executable,
-        param_names=[v.name for v in param_vars],
-        params=weights,
-        input_names=input_names,
+        param_names=imported.param_names,
+        params=imported.params,
+        input_names=imported.input_names,
         target=target_dict,
+        tuned_kernels=stats.get("tuned_kernels", 0),
     )
 
 

@@ -3,39 +3,73 @@
 ``llvm``: GEMMs to the BLAS (:mod:`backends.tvm.blas_offload`), small integer powers to
 multiplies (:mod:`backends.tvm.relax_rewrites`), TVM's ``FastMathTransform`` (polynomial
 exp/tanh/erf, vectorizable; relative error ~1e-7 on the models tested), then TVM's CPU phases
-(library dispatch, legalize + fuse, dataflow lowering, finalize) with our schedule rules
-(:mod:`backends.tvm.schedules`) applied to the fused PrimFuncs before lowering.
+(library dispatch, legalize + fuse, dataflow lowering, finalize). Between fusion and lowering,
+kernels with records in a tuning database (``compiler tune``) take their tuned schedules, and
+the rest get our schedule rules (:mod:`backends.tvm.schedules`).
 ``cuda`` and others: TVM's default pipeline for the target (dlight GPU rules included).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import tvm
 from tvm import relax
 
-__all__ = ["PIPELINES", "pipeline_for"]
+__all__ = ["PIPELINES", "cpu_fusion_passes", "pipeline_for"]
 
 
-def _llvm(target: tvm.target.Target) -> tvm.transform.Pass:
+def cpu_fusion_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    """Everything up to fused, unscheduled PrimFuncs: what tuning extracts its tasks from."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
-    from tvm.s_tir import dlight as dl
 
     from backends.tvm.blas_offload import OffloadMatmulToBlas
     from backends.tvm.relax_rewrites import SimplifyPower
+
+    return [
+        OffloadMatmulToBlas(),
+        SimplifyPower(),
+        relax.transform.FastMathTransform(),
+        *cpu.library_dispatch_passes(target),
+        *cpu.legalize_passes(target),
+    ]
+
+
+def _count_scheduled(stats: dict) -> tvm.transform.Pass:
+    @tvm.transform.module_pass(opt_level=0, name="CountTunedKernels")
+    def count(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        stats["tuned_kernels"] = sum(
+            1
+            for _, func in mod.functions_items()
+            if isinstance(func, tvm.tirx.PrimFunc)
+            and func.attrs
+            and "tirx.is_scheduled" in func.attrs
+        )
+        return mod
+
+    return count
+
+
+def _llvm(
+    target: tvm.target.Target, database: str | os.PathLike | None, stats: dict
+) -> tvm.transform.Pass:
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+    from tvm.s_tir import dlight as dl
+
     from backends.tvm.schedules import cpu_rules
 
     @tvm.transform.module_pass(opt_level=0, name="CompilerCPUPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         with target:
+            tuned = []
+            if database is not None:  # built under the target: the pass reads it when created
+                apply = relax.transform.MetaScheduleApplyDatabase(str(database))
+                tuned = [apply, _count_scheduled(stats)]
             seq = tvm.transform.Sequential(
                 [
-                    OffloadMatmulToBlas(),
-                    SimplifyPower(),
-                    relax.transform.FastMathTransform(),
-                    *cpu.library_dispatch_passes(target),
-                    *cpu.legalize_passes(target),
+                    *cpu_fusion_passes(target),
+                    *tuned,
                     dl.ApplyDefaultSchedule(*cpu_rules()),
                     *cpu.dataflow_lower_passes(target),
                     *cpu.finalize_passes(target),
@@ -46,10 +80,20 @@ def _llvm(target: tvm.target.Target) -> tvm.transform.Pass:
     return _pipeline
 
 
-PIPELINES: dict[str, Callable[[tvm.target.Target], tvm.transform.Pass]] = {"llvm": _llvm}
+PIPELINES: dict[str, Callable[..., tvm.transform.Pass]] = {"llvm": _llvm}
 
 
-def pipeline_for(target: tvm.target.Target) -> tvm.transform.Pass:
-    """Our pipeline for ``target``'s kind, else TVM's default one."""
+def pipeline_for(
+    target: tvm.target.Target,
+    *,
+    database: str | os.PathLike | None = None,
+    stats: dict | None = None,
+) -> tvm.transform.Pass:
+    """Our pipeline for ``target``'s kind, else TVM's default one.
+
+    ``stats`` (a dict) receives ``tuned_kernels`` when a tuning ``database`` folder is given.
+    """
     factory = PIPELINES.get(target.kind.name)
-    return factory(target) if factory else relax.get_default_pipeline(target)
+    if factory is None:
+        return relax.get_default_pipeline(target)
+    return factory(target, database, stats if stats is not None else {})

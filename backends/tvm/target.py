@@ -8,6 +8,7 @@ LLVM itself (``llvm_get_system_cpu``: ``znver4`` on Zen 4, which enables AVX-512
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 from compiler.errors import BackendError
@@ -31,9 +32,16 @@ def _host_llvm() -> tuple[str, str | None]:
 
 
 def host_target() -> dict[str, Any]:
-    """The LLVM target for this machine's CPU, as a TVM target dict."""
+    """The LLVM target for this machine's CPU, as a TVM target dict.
+
+    ``num-cores`` (physical cores) is what MetaSchedule parallelizes for; builds and tuning use
+    the same target, so tuning records match.
+    """
+    import psutil
+
     triple, cpu = _host_llvm()
-    target: dict[str, Any] = {"kind": "llvm", "mtriple": triple}
+    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    target: dict[str, Any] = {"kind": "llvm", "mtriple": triple, "num-cores": int(cores)}
     if cpu:
         target["mcpu"] = cpu
     return target

@@ -210,3 +210,24 @@ def test_build_llm_and_generate(tmp_path):
     result = run_cli("generate", str(out), "--prompt-ids", "1,x")
     assert result.returncode != 0
     assert "--prompt-ids expects comma-separated integers" in _one_error_line(result)
+
+
+def test_tune_then_build_with_the_database(tmp_path):
+    """`tune` writes a database (tiny budget); `build --tuning-db` reports kernels from it."""
+    import onnx_ir as ir
+
+    from tests.backends.tvm.test_tuning import TEXT
+    from tests.helpers import model_from_text
+
+    path = tmp_path / "ew.onnx"
+    ir.save(model_from_text(TEXT), path)
+    db = tmp_path / "db"
+    result = run_cli("tune", str(path), "--db", str(db), "--budget", "5m", "--trials-per-task", "2")
+    assert result.returncode == 0, result.stderr
+    assert "1 tuned now" in result.stdout
+    result = run_cli("build", str(path), "-o", str(tmp_path / "out"), "--tuning-db", str(db))
+    assert result.returncode == 0, result.stderr
+    assert "1 kernels from it" in result.stdout
+    result = run_cli("tune", str(path), "--db", str(db), "--budget", "soon")
+    assert result.returncode != 0
+    assert "--budget expects a duration" in _one_error_line(result)

@@ -1,0 +1,139 @@
+"""MetaSchedule tuning of the kernels TVM compiles, into a reusable JSON database.
+
+Tasks are the fused PrimFuncs our CPU pipeline leaves for TVM to schedule (GEMMs already go to
+the BLAS), extracted after :func:`backends.tvm.pipeline.cpu_fusion_passes`, so they are exactly
+what ``build`` compiles. Records live in MetaSchedule's ``JSONDatabase`` (``database_workload.json``
++ ``database_tuning_record.json``), keyed by the structural hash of each kernel: records tuned
+on one model serve any other model with the same kernel shapes.
+
+Tuning goes task by task (heaviest first) under a wall-clock budget and is resumable: a task
+whose workload already has records is skipped, so an interrupted or repeated run continues.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from backends.tvm.compile import import_relax
+from backends.tvm.target import resolve_target
+from compiler.errors import BackendError
+
+__all__ = ["TuneResult", "open_database", "tune_model"]
+
+WORKLOADS = "database_workload.json"
+RECORDS = "database_tuning_record.json"
+
+
+def open_database(path: str | os.PathLike) -> str:
+    """Checks that ``path`` is a tuning database folder; returns it as a string."""
+    folder = Path(path)
+    if not (folder / WORKLOADS).is_file() or not (folder / RECORDS).is_file():
+        raise BackendError(
+            f"{folder}: not a tuning database ({WORKLOADS} and {RECORDS} expected; "
+            "create one with `python -m compiler tune MODEL --db DIR`)"
+        )
+    return str(folder)
+
+
+@dataclasses.dataclass
+class TuneResult:
+    """What a tuning run did: tasks seen, tuned now, skipped (already tuned), time spent."""
+
+    tasks: int
+    tuned: list[str]
+    skipped: list[str]
+    seconds: float
+    best_us: dict[str, float]
+    stopped_by_budget: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _best_us(database, workload_mod) -> float | None:
+    if not database.has_workload(workload_mod):
+        return None
+    records = database.get_top_k(database.commit_workload(workload_mod), 1)
+    if not records or not records[0].run_secs:
+        return None
+    secs = [float(s) for s in records[0].run_secs]
+    return sum(secs) / len(secs) * 1e6
+
+
+def tune_model(
+    model: ir.Model,
+    db_dir: str | os.PathLike,
+    *,
+    target: str | dict[str, Any] = "llvm",
+    budget_s: float = 1800.0,
+    trials_per_task: int = 64,
+    progress: Callable[[str, int, int, float | None], None] | None = None,
+) -> TuneResult:
+    """Tunes the kernels of ``model`` into the database at ``db_dir`` (created if missing).
+
+    ``progress(task_name, index, total, best_us)`` is called after each task.
+    """
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from backends.tvm.pipeline import cpu_fusion_passes
+
+    start = time.perf_counter()
+    target_dict = resolve_target(target)
+    if target_dict["kind"] != "llvm":
+        raise BackendError(f"tuning supports the llvm target for now, not {target_dict['kind']}")
+    tvm_target = tvm.target.Target(target_dict)
+    imported = import_relax(model)
+    with tvm_target:
+        mod = tvm.transform.Sequential(cpu_fusion_passes(tvm_target))(imported.mod)
+    tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
+    tasks = sorted(tasks, key=lambda t: -float(t.weight))
+    db_dir = Path(db_dir)
+    db_dir.mkdir(parents=True, exist_ok=True)
+    database = ms.database.JSONDatabase(work_dir=str(db_dir))
+    tuned, skipped, best = [], [], {}
+    stopped = False
+    for index, task in enumerate(tasks):
+        workload = task.dispatched[0]
+        existing = _best_us(database, workload)
+        if existing is not None:
+            skipped.append(task.task_name)
+            best[task.task_name] = existing
+        elif time.perf_counter() - start >= budget_s:
+            stopped = True
+            break
+        else:
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                extracted_tasks=[task], work_dir=str(db_dir)
+            )
+            ms.tune_tasks(
+                tasks=contexts,
+                task_weights=weights,
+                work_dir=str(db_dir),
+                max_trials_global=trials_per_task,
+                max_trials_per_task=trials_per_task,
+                num_trials_per_iter=min(trials_per_task, 32),
+                database=database,
+                builder=ms.builder.LocalBuilder(timeout_sec=120),
+            )
+            tuned.append(task.task_name)
+            measured = _best_us(database, workload)
+            if measured is not None:
+                best[task.task_name] = measured
+        if progress is not None:
+            progress(task.task_name, index + 1, len(tasks), best.get(task.task_name))
+    return TuneResult(
+        tasks=len(tasks),
+        tuned=tuned,
+        skipped=skipped,
+        seconds=time.perf_counter() - start,
+        best_us=best,
+        stopped_by_budget=stopped,
+    )

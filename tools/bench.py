@@ -142,6 +142,11 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--torch-compile", action="store_true")
+    parser.add_argument(
+        "--isolated",
+        action="store_true",
+        help="also time ours and onnxruntime each in fresh processes (no shared thread pools)",
+    )
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "compiler-bench"))
     parser.add_argument("--json", default="bench-results.json")
     parser.add_argument("--plot", default="bench-results.svg", help="bar chart of the ratios")
@@ -196,6 +201,17 @@ def main() -> int:
             "max_error_vs_onnxruntime": built.report["verification"].get("max_error"),
             **result.to_json(),
         }
+        if args.isolated:
+            from compiler.bench import bench_isolated
+
+            isolated = bench_isolated(cache / name / "artifact", threads=args.threads)
+            entry["isolated"] = isolated.to_json()
+            print(
+                f"{name} (separate processes): "
+                + ", ".join(f"{k} {v:.2f} ms" for k, v in isolated.medians_ms.items())
+                + f"  (ours {isolated.ratios['compiler']:.2f}× onnxruntime)",
+                flush=True,
+            )
         if args.torch_compile:
             compiled = torch.compile(module)
             with torch.inference_mode():

@@ -417,6 +417,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         params.add_row(dtype, _bytes(n))
     params.add_row("total", _bytes(stats.total_parameter_bytes))
     out.print(params)
+    from passes.fusion import fusion_coverage
+
+    coverage = fusion_coverage(model)
+    if coverage is None:
+        out.print("fusion: the fuse pass has not run on this model (pipeline O2 runs it)")
+    else:
+        fused = ", ".join(f"{rule} ×{n}" for rule, n in coverage["fused"].items() if n) or "none"
+        unfused = ", ".join(f"{what}: {n}" for what, n in coverage["unfused"].items()) or "none"
+        out.print(f"fusion coverage: fused {fused}; left unfused {unfused}")
     return 0
 
 
@@ -433,7 +442,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="artifact folder (default: <model>.artifact)")
     p.add_argument("--target", default="llvm", help="llvm (this CPU, default) or cuda")
     p.add_argument("--passes", help='text pipeline, e.g. "cleanup,cse"')
-    p.add_argument("--pipeline", help="named pipeline: O0 (nothing) or O1 (cleanup, default)")
+    p.add_argument(
+        "--pipeline", help="named pipeline: O0 (nothing), O1 (cleanup, default), O2 (+ fuse)"
+    )
     p.add_argument(
         "--max-error", type=float, default=1e-4, help="normalized error budget vs onnxruntime"
     )

@@ -6,8 +6,8 @@ Grammar (whitespace is ignored between tokens)::
     item     := NAME [ "(" [ option ("," option)* ] ")" ]
     option   := KEY "=" VALUE          VALUE: a bare word/number, or a '...' / "..." string
 
-A NAME is a registered pass or a named pipeline (``O0``, ``O1``), which expands in place; named
-pipelines take no options. Errors name the offending item and its column.
+A NAME is a registered pass or a named pipeline (``O0``, ``O1``, ``O2``), which expands in
+place; named pipelines take no options. Errors name the offending item and its column.
 """
 
 from __future__ import annotations
@@ -32,8 +32,12 @@ def _o1() -> list[PassSpec]:
     return [PassSpec("cleanup")]
 
 
-# Named pipelines: a name -> function returning the pass specs (later issues add O2, int4, ...).
-NAMED_PIPELINES: dict[str, Callable[[], list[PassSpec]]] = {"O0": _o0, "O1": _o1}
+def _o2() -> list[PassSpec]:
+    return [PassSpec("cleanup"), PassSpec("fuse")]
+
+
+# Named pipelines: a name -> function returning the pass specs.
+NAMED_PIPELINES: dict[str, Callable[[], list[PassSpec]]] = {"O0": _o0, "O1": _o1, "O2": _o2}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from passes import cleanup
+from passes import cleanup, fusion
 
 # Every pass class a family module exports is built in (the registry reads names and options).
-BUILTIN_PASSES = [getattr(cleanup, name) for name in cleanup.__all__]
+BUILTIN_PASSES = [
+    *(getattr(cleanup, name) for name in cleanup.__all__),
+    fusion.FusePass,
+]
 
 __all__ = ["BUILTIN_PASSES"]

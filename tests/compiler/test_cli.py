@@ -44,6 +44,7 @@ def test_build_run_and_inspect(tiny_onnx, tmp_path):
     assert "MatMul" in result.stdout and "float32" in result.stdout
     result = run_cli("inspect", str(tiny_onnx))
     assert "Identity" in result.stdout
+    assert "the fuse pass has not run" in result.stdout
 
 
 def test_bench_prints_a_ratio(tiny_artifact, tmp_path):

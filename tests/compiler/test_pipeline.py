@@ -22,6 +22,7 @@ def test_named_pipelines_expand():
     assert parse_pipeline("O0") == []
     assert parse_pipeline("O1") == [PassSpec("cleanup")]
     assert parse_pipeline("O1,cse") == [PassSpec("cleanup"), PassSpec("cse")]
+    assert parse_pipeline("O2") == [PassSpec("cleanup"), PassSpec("fuse")]
     assert parse_pipeline("") == []
 
 

@@ -32,12 +32,13 @@ def _inputs(name: str) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "bert"])
-def test_build_and_run_match_onnxruntime(name, exported, tmp_path):
+@pytest.mark.parametrize("pipeline", ["O1", "O2"])
+def test_build_and_run_match_onnxruntime(name, pipeline, exported, tmp_path):
     model_path = exported(name)
     files = sorted(model_path.parent.iterdir())
     before = {p: p.read_bytes() for p in files}
     out = tmp_path / "out"
-    result = run_cli("build", str(model_path), "-o", str(out))
+    result = run_cli("build", str(model_path), "-o", str(out), "--pipeline", pipeline)
     assert result.returncode == 0, result.stderr
     inputs = _inputs(name)
     np.savez(tmp_path / "x.npz", **inputs)
@@ -56,3 +57,6 @@ def test_build_and_run_match_onnxruntime(name, exported, tmp_path):
         np.testing.assert_array_equal(python_outputs[key], value)
     assert sorted(model_path.parent.iterdir()) == files
     assert {p: p.read_bytes() for p in files} == before
+    if pipeline == "O2":
+        inspected = run_cli("inspect", str(out))
+        assert "fusion coverage: fused" in inspected.stdout

@@ -11,17 +11,17 @@ rule                        pattern                                    fused op
 ``gelu``                    ``0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³)))`` ``com.microsoft::FastGelu``
                             and another erf ordering                   ``com.microsoft::Gelu``
 ``bias-gelu``               ``Gelu(x + b)``                            ``com.microsoft::BiasGelu``
+``skip-layer-norm``         ``LayerNormalization(x + skip [+ b])``     ``SkipLayerNormalization``
 ==========================  =========================================  ==========================
 
-Not applied yet: onnxscript's residual-add + LayerNorm fusion emits a ``SkipLayerNormalization``
-without bias and with the ``skip_sum`` output, which TVM 0.27's importer refuses ("only supports
-required beta and bias"); it needs a converter extension first.
+The TVM backend compiles ``SkipLayerNormalization`` in the form onnxscript emits (no bias, sum
+output used) through :mod:`backends.tvm.converters`.
 
 Each fused op computes the same function as its pattern; ``FastGelu`` evaluates the same tanh
 formula, so the pass is numerically exact up to float reassociation.
 
 Coverage: the pass records how many times each rule fired, and how many *candidate anchors*
-remain unfused (``Tanh``/``Erf`` nodes), in the model's metadata
+remain unfused (``Tanh``/``Erf``/``LayerNormalization`` nodes), in the model's metadata
 under ``compiler.fusion`` (JSON), which ``inspect`` and the build report show.
 """
 
@@ -39,18 +39,24 @@ __all__ = ["COVERAGE_KEY", "FusePass", "fusion_coverage"]
 COVERAGE_KEY = "compiler.fusion"
 
 # Ops that would have been absorbed by a rule: if any remain, a pattern did not match.
-_ANCHORS = {"Tanh": "gelu", "Erf": "erf-gelu, gelu"}
+_ANCHORS = {
+    "Tanh": "gelu",
+    "Erf": "erf-gelu, gelu",
+    "LayerNormalization": "skip-layer-norm",
+}
 
 
 def _rules():
     from onnxscript.rewriter.ort_fusions.bias_gelu import fuse_bias_gelu
     from onnxscript.rewriter.ort_fusions.erfgelu import fuse_erfgelu
     from onnxscript.rewriter.ort_fusions.gelu import fuse_gelu
+    from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_layer_normalization
 
     return [
         ("erf-gelu", fuse_erfgelu),
         ("gelu", fuse_gelu),
         ("bias-gelu", fuse_bias_gelu),
+        ("skip-layer-norm", fuse_skip_layer_normalization),
     ]
 
 
@@ -61,10 +67,11 @@ def fusion_coverage(model: ir.Model) -> dict | None:
 
 
 class FusePass(ir.passes.InPlacePass):
-    """Fuses GELU variants (erf and tanh forms) and bias+GELU into single ops.
+    """Fuses GELU variants (erf and tanh forms), bias+GELU and residual-add+LayerNorm.
 
-    Cases handled: the patterns in the module docstring, in the main graph. Refused: ops
-    inside subgraphs and functions are not rewritten.
+    Cases handled: the patterns in the module docstring, in the main graph (onnxscript checks
+    the shapes the LayerNorm rule needs: run ``cleanup`` first). Refused: ops inside subgraphs
+    and functions are not rewritten.
     """
 
     name = "fuse"

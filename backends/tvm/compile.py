@@ -46,15 +46,11 @@ class CompiledModule:
         self.executable.export_library(str(path))
 
 
-def _convert_map() -> dict[str, Any]:
-    from tvm.relax.frontend.onnx import onnx_frontend
-
-    return onnx_frontend._get_convert_map()
-
-
 def unsupported_nodes(model: ir.Model) -> list[ir.Node]:
     """The nodes of the main graph (and subgraphs) whose op TVM's ONNX importer lacks."""
-    supported = _convert_map()
+    from backends.tvm.converters import converter_names
+
+    supported = converter_names()
     return [
         node
         for node in ir.traversal.RecursiveGraphIterator(model.graph)
@@ -123,6 +119,8 @@ def import_relax(model: ir.Model, *, model_name: str = "model") -> ImportedModul
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
+    from backends.tvm.converters import extended_converters
+
     bad = unsupported_nodes(model)
     if bad:
         node = bad[0]
@@ -138,7 +136,8 @@ def import_relax(model: ir.Model, *, model_name: str = "model") -> ImportedModul
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            mod = from_onnx(proto, keep_params_in_input=True)
+            with extended_converters():
+                mod = from_onnx(proto, keep_params_in_input=True)
         except Exception as e:
             raise BackendError(f"{model_name}: TVM's ONNX importer failed: {_describe(e)}") from e
     mod, params = relax.frontend.detach_params(mod)

@@ -141,6 +141,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pipeline", default="O1", help="pass pipeline for our builds (O1, O2)")
     parser.add_argument("--torch-compile", action="store_true")
     parser.add_argument(
         "--isolated",
@@ -166,6 +167,7 @@ def main() -> int:
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version()},
         "threads": args.threads,
         "runs": args.runs,
+        "pipeline": args.pipeline,
         "memory_read_gbs": memory_bandwidth_gbs(),
         "models": {},
     }
@@ -184,7 +186,7 @@ def main() -> int:
             onnx_path.parent.mkdir(parents=True, exist_ok=True)
             ir.save(model, onnx_path, external_data=f"{name}.onnx.data")
         start = time.perf_counter()
-        built = build(onnx_path, cache / name / "artifact")
+        built = build(onnx_path, cache / name / "artifact", pipeline=args.pipeline)
         build_seconds = time.perf_counter() - start
         result = bench_artifact(
             cache / name / "artifact",

@@ -23,7 +23,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BenchResult", "bench_artifact", "bench_isolated", "set_tvm_threads"]
+__all__ = [
+    "BenchResult",
+    "bench_artifact",
+    "bench_isolated",
+    "seeded_inputs_for",
+    "set_tvm_threads",
+]
 
 
 def set_tvm_threads(threads: int) -> None:
@@ -60,6 +66,22 @@ class BenchResult:
         }
 
 
+def seeded_inputs_for(model: Any, *, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs for a loaded artifact (:class:`compiler.runtime.CompiledModel`).
+
+    Symbolic dims are 1; value ranges are those of :func:`compiler.numerics.random_inputs`.
+    """
+    from compiler.numerics import random_inputs
+
+    return random_inputs(
+        [
+            (s["name"], np.dtype(s["dtype"]), [d if isinstance(d, int) else 1 for d in s["shape"]])
+            for s in model.inputs
+        ],
+        seed=seed,
+    )
+
+
 def _time(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
@@ -81,18 +103,11 @@ def bench_artifact(
     """Times the artifact at ``artifact`` against the named peers on seeded inputs."""
     from backends.onnxruntime.reference import ReferenceSession
     from compiler.artifact import ONNX_FILE
-    from compiler.numerics import random_inputs
     from compiler.runtime import load
 
     set_tvm_threads(threads)
     model = load(artifact)
-    inputs = random_inputs(
-        [
-            (s["name"], np.dtype(s["dtype"]), [d if isinstance(d, int) else 1 for d in s["shape"]])
-            for s in model.inputs
-        ],
-        seed=seed,
-    )
+    inputs = seeded_inputs_for(model, seed=seed)
     runners: dict[str, Callable[[], Any]] = {"compiler": lambda: model(inputs)}
     if "onnxruntime" in against:
         session = ReferenceSession(Path(artifact) / ONNX_FILE, threads=threads, level="all")
@@ -131,18 +146,11 @@ def _time_in_this_process(
     """Times one runtime alone (the body of an isolated measurement)."""
     from backends.onnxruntime.reference import ReferenceSession
     from compiler.artifact import ONNX_FILE
-    from compiler.numerics import random_inputs
     from compiler.runtime import load
 
     set_tvm_threads(threads)
     model = load(artifact)
-    inputs = random_inputs(
-        [
-            (s["name"], np.dtype(s["dtype"]), [d if isinstance(d, int) else 1 for d in s["shape"]])
-            for s in model.inputs
-        ],
-        seed=seed,
-    )
+    inputs = seeded_inputs_for(model, seed=seed)
     if runtime == "compiler":
         fn: Callable[[], Any] = lambda: model(inputs)  # noqa: E731
     elif runtime == "onnxruntime":

@@ -190,18 +190,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     model = load(args.artifact)
     if args.inputs is None:
-        from compiler.numerics import random_inputs
+        from compiler.bench import seeded_inputs_for
 
-        inputs = random_inputs(
-            [
-                (
-                    s["name"],
-                    np.dtype(s["dtype"]),
-                    [d if isinstance(d, int) else 1 for d in s["shape"]],
-                )
-                for s in model.inputs
-            ]
-        )
+        inputs = seeded_inputs_for(model)
         err.print("no --inputs given: using seeded random inputs")
     else:
         path = Path(args.inputs)

@@ -15,8 +15,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "load": "compiler.frontends",
-    "build": "compiler.build",
-    "BuildResult": "compiler.build",
+    "build": "compiler.builder",
+    "BuildResult": "compiler.builder",
     "PassManager": "compiler.pass_manager",
     "PassRegistry": "compiler.pass_registry",
     "default_registry": "compiler.pass_registry",

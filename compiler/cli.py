@@ -70,7 +70,7 @@ def _parse_dims(items: Sequence[str] | None) -> dict[str, int]:
 
 # ---------------------------------------------------------------------------------------- build
 def cmd_build(args: argparse.Namespace) -> int:
-    from compiler.build import build
+    from compiler.builder import build
 
     if args.passes is not None and args.pipeline is not None:
         raise InputError("give either --passes or --pipeline, not both")
@@ -306,7 +306,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if target.is_dir():
             artifact = target
         else:
-            from compiler.build import build
+            from compiler.builder import build
 
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="compiler-bench-")))
             artifact = tmp / "artifact"

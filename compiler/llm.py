@@ -139,7 +139,7 @@ def build_causal_lm(
     Preconditions: the model takes ``input_ids``, ``position_ids``, ``attention_mask`` and a
     ``DynamicCache`` as ``past_key_values`` (GPT-2, Llama, Qwen2, Mistral, …); eager attention.
     """
-    from compiler.build import build
+    from compiler.builder import build
 
     if not 0 < prefill_len <= max_context:
         raise InputError(f"prefill_len ({prefill_len}) must be in 1..max_context ({max_context})")

@@ -59,7 +59,7 @@ def tiny_onnx(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory, tiny_onnx) -> Path:
     """``tiny_onnx`` built with the default pipeline (read-only: copy it before tampering)."""
-    from compiler.build import build
+    from compiler.builder import build
 
     out = tmp_path_factory.mktemp("artifacts") / "mlp.artifact"
     build(tiny_onnx, out)

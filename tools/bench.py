@@ -157,7 +157,7 @@ def main() -> int:
     import torch
 
     from compiler.bench import bench_artifact
-    from compiler.build import build
+    from compiler.builder import build
     from compiler.examples import make_example
     from compiler.frontends.torch_module import load_torch
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from backends.onnxruntime.reference import run_reference
-from compiler.build import build
+from compiler.builder import build
 from compiler.examples import export_onnx
 from compiler.numerics import max_error, random_inputs
 from compiler.runtime import load

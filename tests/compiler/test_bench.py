@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from compiler.bench import bench_artifact
-from compiler.build import build
+from compiler.builder import build
 
 pytestmark = pytest.mark.tvm
 

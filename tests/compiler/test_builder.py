@@ -1,4 +1,4 @@
-"""``compiler.build``: the spine from a model to a verified artifact."""
+"""``compiler.builder`` (``compiler.build``): the spine from a model to a verified artifact."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from compiler.artifact import MANIFEST_FILE, read_manifest
-from compiler.build import build
+from compiler.builder import build
 from compiler.errors import BackendError, PassFailedError
 from tests.helpers import model_from_text
 
@@ -140,3 +140,15 @@ def test_build_a_model_with_external_data(tmp_path):
     assert result.report["verification"]["passed"]
     x = np.arange(128, dtype=np.float32).reshape(2, 64)
     np.testing.assert_allclose(load(tmp_path / "out")({"x": x})["y"], x, rtol=1e-6)
+
+
+def test_top_level_api_stays_callable(tiny_onnx, tmp_path):
+    """``compiler.build`` is the function, also after its module was imported."""
+    import compiler
+    import compiler.builder
+    import compiler.runtime
+
+    assert callable(compiler.build) and callable(compiler.load)
+    compiler.build(tiny_onnx, tmp_path / "a")
+    assert callable(compiler.build)
+    assert compiler.runtime.load(tmp_path / "a").output_names == ["y"]

@@ -143,10 +143,17 @@ def _build_llm(args: argparse.Namespace, pipeline: str) -> int:
 
 def _print_report(report: dict, manifest: dict, output_dir: Path) -> None:
     table = Table(title="Passes", title_justify="left")
-    for col in ("pass", "changed", "nodes", "parameter bytes", "time"):
+    for col in ("pass", "changed", "nodes", "parameter bytes", "GFLOP", "time"):
         table.add_column(col, justify="left" if col == "pass" else "right")
     first = report["input_model"]
-    table.add_row("(input)", "", str(first["nodes"]), _bytes(first["total_parameter_bytes"]), "")
+    table.add_row(
+        "(input)",
+        "",
+        str(first["nodes"]),
+        _bytes(first["total_parameter_bytes"]),
+        f"{first['flops'] / 1e9:.3f}",
+        "",
+    )
     for entry in report["passes"]:
         after = entry["after"]
         table.add_row(
@@ -154,6 +161,7 @@ def _print_report(report: dict, manifest: dict, output_dir: Path) -> None:
             "yes" if entry["modified"] else "no",
             str(after["nodes"]),
             _bytes(after["total_parameter_bytes"]),
+            f"{after['flops'] / 1e9:.3f}",
             f"{entry['seconds'] * 1e3:.0f} ms",
         )
     out.print(table)
@@ -408,6 +416,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         params.add_row(dtype, _bytes(n))
     params.add_row("total", _bytes(stats.total_parameter_bytes))
     out.print(params)
+    unknown = (
+        f" ({stats.flops_unknown} nodes without shapes not counted)" if stats.flops_unknown else ""
+    )
+    out.print(
+        f"estimated compute: {stats.flops / 1e9:.3f} GFLOP per run (MatMul/Gemm/Conv){unknown}"
+    )
     from passes.fusion import fusion_coverage
 
     coverage = fusion_coverage(model)

@@ -67,12 +67,18 @@ def concrete_shape(spec: TensorSpec, overrides: Mapping[str, int] | None = None)
 
 @dataclasses.dataclass
 class ModelStats:
-    """Counts for reports: nodes, ops, parameters (elements) and bytes per dtype."""
+    """Counts for reports: nodes, ops, parameters (elements), bytes per dtype, and FLOPs.
+
+    ``flops`` counts multiply-adds as 2 for MatMul, Gemm and Conv (the ops that dominate);
+    ``flops_unknown`` is the number of such nodes whose shapes are unknown (run infer-shapes).
+    """
 
     nodes: int
     ops: dict[str, int]
     parameters: int
     parameter_bytes: dict[str, int]
+    flops: int = 0
+    flops_unknown: int = 0
 
     @property
     def total_parameter_bytes(self) -> int:
@@ -85,6 +91,8 @@ class ModelStats:
             "parameters": self.parameters,
             "parameter_bytes": self.parameter_bytes,
             "total_parameter_bytes": self.total_parameter_bytes,
+            "flops": self.flops,
+            "flops_unknown_nodes": self.flops_unknown,
         }
 
 
@@ -98,13 +106,43 @@ def _op_key(node: ir.Node) -> str:
     return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
 
 
+def _static(shape) -> list[int] | None:
+    if shape is None or not all(isinstance(d, int) for d in shape):
+        return None
+    return list(shape)
+
+
+def node_flops(node: ir.Node) -> int | None:
+    """2 × multiply-adds of a MatMul, Gemm or Conv node; 0 for other ops; None if unknown."""
+    if node.domain not in ("", "ai.onnx") or node.op_type not in ("MatMul", "Gemm", "Conv"):
+        return 0
+    out = _static(node.outputs[0].shape)
+    a = _static(node.inputs[0].shape) if node.inputs[0] is not None else None
+    b = _static(node.inputs[1].shape) if node.inputs[1] is not None else None
+    if out is None or a is None or b is None:
+        return None
+    size = int(np.prod(out)) if out else 1
+    if node.op_type == "MatMul":
+        return 2 * size * a[-1]
+    if node.op_type == "Gemm":
+        trans_a = node.attributes.get("transA")
+        k = a[0] if trans_a is not None and trans_a.as_int() else a[-1]
+        return 2 * size * k
+    return 2 * size * int(np.prod(b[1:]))  # Conv: W is [C_out, C_in / groups, k...]
+
+
 def model_stats(model: ir.Model) -> ModelStats:
-    """Counts nodes and ops (subgraphs and functions included) and initializer sizes."""
+    """Counts nodes and ops (subgraphs and functions included), initializer sizes and FLOPs."""
     ops: collections.Counter[str] = collections.Counter()
-    nodes = 0
+    nodes = flops = unknown = 0
     for node in _all_nodes(model):
         nodes += 1
         ops[_op_key(node)] += 1
+        count = node_flops(node)
+        if count is None:
+            unknown += 1
+        else:
+            flops += count
     parameters = 0
     by_dtype: collections.Counter[str] = collections.Counter()
     for value in model.graph.initializers.values():
@@ -113,4 +151,6 @@ def model_stats(model: ir.Model) -> ModelStats:
             continue
         parameters += tensor.size
         by_dtype[tensor.dtype.name.lower()] += tensor.nbytes
-    return ModelStats(nodes, dict(ops.most_common()), parameters, dict(sorted(by_dtype.items())))
+    return ModelStats(
+        nodes, dict(ops.most_common()), parameters, dict(sorted(by_dtype.items())), flops, unknown
+    )

@@ -42,6 +42,7 @@ def test_build_run_and_inspect(tiny_onnx, tmp_path):
     result = run_cli("inspect", str(out))
     assert result.returncode == 0, result.stderr
     assert "MatMul" in result.stdout and "float32" in result.stdout
+    assert "estimated compute: 0.000 GFLOP" in result.stdout
     result = run_cli("inspect", str(tiny_onnx))
     assert "Identity" in result.stdout
     assert "the fuse pass has not run" in result.stdout

@@ -31,15 +31,8 @@ _LEVELS = {
 }
 
 
-def session_options(
-    threads: int | None = None, level: str = "basic", *, spin: bool = True
-) -> ort.SessionOptions:
-    """Session options; ``spin=False`` stops idle worker threads from busy-waiting, so that a
-    runtime timed right after onnxruntime in the same process gets the cores."""
+def session_options(threads: int | None = None, level: str = "basic") -> ort.SessionOptions:
     options = ort.SessionOptions()
-    if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.graph_optimization_level = _LEVELS[level]
     options.log_severity_level = 3
     if threads is not None:
@@ -52,14 +45,9 @@ class ReferenceSession:
     """An onnxruntime session over an ``onnx_ir.Model`` or an ``.onnx`` path (CPU provider)."""
 
     def __init__(
-        self,
-        model: ir.Model | str | Path,
-        *,
-        threads: int | None = None,
-        level: str = "basic",
-        spin: bool = True,
+        self, model: ir.Model | str | Path, *, threads: int | None = None, level: str = "basic"
     ) -> None:
-        options = session_options(threads, level, spin=spin)
+        options = session_options(threads, level)
         try:
             if isinstance(model, (str, Path)):
                 self._session = ort.InferenceSession(

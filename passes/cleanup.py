@@ -32,6 +32,7 @@ import onnx_ir.passes.common as common
 from onnxscript.optimizer._constant_folding import FoldConstantsPass
 
 from compiler.quiet import quiet_loggers
+from compiler.serialize import proto_with_weights
 
 __all__ = [
     "CleanupPass",
@@ -197,8 +198,7 @@ class OnnxSimplifierPass(ir.passes.FunctionalPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         import onnxsim
 
-        # Serialize a copy with its weights in memory: the input model stays untouched.
-        proto = ir.to_proto(ir.external_data.load_to_model(model.clone()))
+        proto = proto_with_weights(model)
         simplified, ok = onnxsim.simplify(proto, check_n=0)
         if not ok:
             raise RuntimeError("onnxsim could not validate its simplified model")

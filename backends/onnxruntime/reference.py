@@ -16,6 +16,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from compiler.errors import BackendError
+from compiler.serialize import proto_with_weights
 
 __all__ = ["ReferenceSession", "run_reference"]
 
@@ -54,10 +55,7 @@ class ReferenceSession:
                     str(model), options, providers=["CPUExecutionProvider"]
                 )
             elif _weight_bytes(model) < _IN_MEMORY_LIMIT:
-                # External (memory-mapped) weights are read into a clone: a proto given to
-                # onnxruntime as bytes cannot refer to files.
-                clone = ir.external_data.load_to_model(model.clone())
-                data = ir.to_proto(clone).SerializeToString()
+                data = proto_with_weights(model).SerializeToString()
                 self._session = ort.InferenceSession(
                     data, options, providers=["CPUExecutionProvider"]
                 )

@@ -25,6 +25,7 @@ import onnx_ir as ir
 from backends.tvm.pipeline import pipeline_for
 from backends.tvm.target import resolve_target
 from compiler.errors import BackendError
+from compiler.serialize import proto_with_weights
 
 __all__ = ["CompiledModule", "ImportedModule", "compile_model", "import_relax", "unsupported_nodes"]
 
@@ -77,11 +78,9 @@ def _inline_as_constant(tensor: onnx.TensorProto) -> bool:
 def _proto_for_tvm(model: ir.Model) -> onnx.ModelProto:
     """The model as a ModelProto for TVM's importer: weights in memory, small tensors inlined.
 
-    The clone shares nothing mutable with ``model``; external data is read into the clone only.
     Small and shape-like initializers become ``Constant`` nodes (see ``INLINE_MAX_ELEMENTS``).
     """
-    clone = ir.external_data.load_to_model(model.clone())
-    proto = ir.to_proto(clone)
+    proto = proto_with_weights(model)
     if not proto.graph.name:
         proto.graph.name = "main"
     graph_inputs = {i.name for i in proto.graph.input}

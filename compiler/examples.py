@@ -42,7 +42,15 @@ def _instantiate(config, model_factory, *, seed: int, vocab: int, seq: int):
     return model, torch.randint(0, vocab, (1, seq))
 
 
-def gpt2(*, layers=2, hidden=256, heads=4, vocab=1024, seq=32, seed=0):
+def gpt2(
+    *,
+    layers: int = 2,
+    hidden: int = 256,
+    heads: int = 4,
+    vocab: int = 1024,
+    seq: int = 32,
+    seed: int = 0,
+):
     import transformers
 
     config = transformers.GPT2Config(
@@ -58,7 +66,16 @@ def gpt2(*, layers=2, hidden=256, heads=4, vocab=1024, seq=32, seed=0):
     return _wrap(model, "logits", ("input_ids",)), (ids,), ["input_ids"]
 
 
-def llama(*, layers=2, hidden=256, heads=4, kv_heads=2, vocab=1024, seq=32, seed=0):
+def llama(
+    *,
+    layers: int = 2,
+    hidden: int = 256,
+    heads: int = 4,
+    kv_heads: int = 2,
+    vocab: int = 1024,
+    seq: int = 32,
+    seed: int = 0,
+):
     """Llama-style: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU."""
     import transformers
 
@@ -80,7 +97,15 @@ def llama(*, layers=2, hidden=256, heads=4, kv_heads=2, vocab=1024, seq=32, seed
     return _wrap(model, "logits", ("input_ids",)), (ids,), ["input_ids"]
 
 
-def bert(*, layers=2, hidden=256, heads=4, vocab=1024, seq=32, seed=0):
+def bert(
+    *,
+    layers: int = 2,
+    hidden: int = 256,
+    heads: int = 4,
+    vocab: int = 1024,
+    seq: int = 32,
+    seed: int = 0,
+):
     """BERT encoder without the pooler; returns the last hidden state."""
     import torch
     import transformers

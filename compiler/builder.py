@@ -45,6 +45,7 @@ from compiler.numerics import max_error, random_inputs
 from compiler.pass_manager import PassManager
 from compiler.pass_registry import PassRegistry
 from compiler.pipeline import build_passes
+from passes.fusion import fusion_coverage
 
 __all__ = ["DEFAULT_MAX_ERROR", "BuildResult", "build", "example_inputs_for"]
 
@@ -241,7 +242,7 @@ def build(
             ],
             "input_model": stats_in.to_json(),
             "output_model": model_stats(model).to_json(),
-            "fusion": _fusion_coverage(model),
+            "fusion": fusion_coverage(model),
             "target": compiled.target,
             "tuning": {
                 "database": str(tuning_db) if tuning_db is not None else None,
@@ -253,12 +254,6 @@ def build(
         write_json(tmp / REPORT_FILE, report)
         manifest = write_manifest(tmp, manifest_base)
     return BuildResult(Path(output_dir), report, manifest)
-
-
-def _fusion_coverage(model: ir.Model) -> dict | None:
-    from passes.fusion import fusion_coverage
-
-    return fusion_coverage(model)
 
 
 def _verify(

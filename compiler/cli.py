@@ -104,7 +104,10 @@ def cmd_build(args: argparse.Namespace) -> int:
             pipeline=pipeline,
             check_numerics=args.check_numerics,
             dump_dir=args.dump_dir,
-            max_error_budget=args.max_error,
+            tolerance=args.tolerance,
+            max_error=args.max_error,
+            calibration=args.calibration,
+            tokenizer=_tokenizer(args.tokenizer),
             dims=_parse_dims(args.dim),
             tuning_db=args.tuning_db,
             progress=step,
@@ -112,6 +115,21 @@ def cmd_build(args: argparse.Namespace) -> int:
         )
     _print_report(result.report, result.manifest, result.output_dir)
     return 0
+
+
+def _tokenizer(name: str | None) -> Any:
+    """A tokenizer from a local folder, or one of the evaluation models' (smollm2, minilm)."""
+    if name is None:
+        return None
+    from compiler import real_models
+
+    if name in ("smollm2", "minilm"):
+        return getattr(real_models, f"{name}_tokenizer")()
+    import transformers
+
+    if not Path(name).exists():
+        raise InputError(f"--tokenizer {name}: no such folder (or use smollm2 / minilm)")
+    return transformers.AutoTokenizer.from_pretrained(name, local_files_only=True)
 
 
 def _build_llm(args: argparse.Namespace, pipeline: str) -> int:
@@ -177,10 +195,11 @@ def _print_report(report: dict, manifest: dict, output_dir: Path) -> None:
     if ver.get("passed"):
         out.print(
             f"verified against onnxruntime: max normalized error {ver['max_error']:.2e} "
-            f"(budget {ver['budget']:.0e})"
+            f"(tolerance {ver['tolerance']:.0e})"
         )
     else:
         out.print(f"not verified: {ver.get('reason', 'disabled')}")
+    _print_accuracy(report.get("accuracy") or {})
     tuning = report.get("tuning") or {}
     if tuning.get("database"):
         out.print(
@@ -188,6 +207,27 @@ def _print_report(report: dict, manifest: dict, output_dir: Path) -> None:
         )
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in report["timings_seconds"].items())
     out.print(f"timings: {timings}")
+
+
+def _print_accuracy(accuracy: dict) -> None:
+    for record in accuracy.get("passes", []):
+        verdict = "ROLLED BACK" if record["rolled_back"] else "kept"
+        out.print(
+            f"accuracy: {record['pass_name']} error {record['error']:.3g} (vs input model "
+            f"{record['total_error']:.3g}, budget {record['budget']:.3g}): {verdict}"
+        )
+    if "error_vs_input_model" in accuracy:
+        out.print(
+            f"optimized model vs input model (onnxruntime, {accuracy['inputs']}): normalized "
+            f"max error {accuracy['error_vs_input_model']:.3g}, relative RMS "
+            f"{accuracy['relative_rms_vs_input_model']:.3g}"
+        )
+    layers = accuracy.get("layers") or []
+    if layers:
+        key = "output_error" if layers[0].get("output_error") is not None else "weight_error"
+        worst = sorted(layers, key=lambda r: r[key] or 0.0, reverse=True)[:3]
+        names = ", ".join(f"{r['node']} {r[key]:.3g}" for r in worst)
+        out.print(f"quantized {len(layers)} layers; largest {key.replace('_', ' ')}: {names}")
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -451,7 +491,23 @@ def make_parser() -> argparse.ArgumentParser:
         "--pipeline", help="named pipeline: O0 (nothing), O1 (cleanup, default), O2 (+ fuse)"
     )
     p.add_argument(
-        "--max-error", type=float, default=1e-4, help="normalized error budget vs onnxruntime"
+        "--max-error",
+        type=float,
+        help="accuracy budget of each lossy pass (normalized max error vs the model before it); "
+        "a pass over it is rolled back",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-3,
+        help="the artifact's allowed error vs onnxruntime running the optimized model",
+    )
+    p.add_argument(
+        "--calibration", help="calibration inputs: an .npz (one array per input) or a text file"
+    )
+    p.add_argument(
+        "--tokenizer",
+        help="for a text --calibration file: a tokenizer folder, or smollm2 / minilm",
     )
     p.add_argument("--check-numerics", action="store_true", help="run onnxruntime after every pass")
     p.add_argument("--dump-dir", help="write the model after every pass into this folder")

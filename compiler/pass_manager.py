@@ -6,6 +6,8 @@ compiler needs around that:
 
 * instruments (:mod:`compiler.instruments`): hooks before/after the pipeline and every pass —
   verification, timing, IR dumps, numeric checkpoints against the reference runtime;
+* error budgets (:mod:`compiler.accuracy`): a lossy pass whose output error exceeds the budget
+  is rolled back;
 * errors: any exception from a pass becomes a :class:`~compiler.errors.PassFailedError` naming the
   pass and the passes that ran before it; a failed precondition says what is missing.
 """
@@ -14,12 +16,25 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import onnx_ir as ir
 
+from compiler.accuracy import AccuracyBudget, is_lossy
 from compiler.errors import CompilerError, PassFailedError
 
-__all__ = ["Instrument", "PassManager", "PipelineResult", "pass_name"]
+__all__ = ["Instrument", "PassContext", "PassManager", "PipelineResult", "pass_name"]
+
+
+@dataclasses.dataclass
+class PassContext:
+    """What passes may use besides the model. A pass that declares an attribute ``context``
+    receives this object before it runs.
+
+    ``calibration``: a :class:`compiler.calibration.Calibration` (model feeds), or ``None``.
+    """
+
+    calibration: Any = None
 
 
 def pass_name(pass_: ir.passes.PassBase) -> str:
@@ -68,8 +83,12 @@ class PassManager:
         *,
         steps: int = 1,
         early_stop: bool = True,
+        context: PassContext | None = None,
+        accuracy: AccuracyBudget | None = None,
     ) -> None:
         self.passes = list(passes)
+        self.context = context or PassContext()
+        self.accuracy = accuracy
         self.instruments = list(instruments)
         self.steps = steps
         self.early_stop = early_stop
@@ -106,6 +125,10 @@ class PassManager:
         def failed(message: str) -> PassFailedError:
             return PassFailedError(message, pass_name=name, passes_before=before)
 
+        if hasattr(pass_, "context"):
+            pass_.context = self.context
+        guarded = self.accuracy is not None and is_lossy(pass_)
+        backup = model.clone() if guarded else None
         try:
             result = pass_(model)
         except PassFailedError:
@@ -117,6 +140,12 @@ class PassManager:
             raise failed(f"pass {name!r} cannot run{after}: {e}{cause}") from e
         except Exception as e:
             raise failed(f"pass {name!r} failed{after}: {type(e).__name__}: {e}") from e
+        if self.accuracy is not None and result.modified:
+            if guarded and not self.accuracy.check(name, backup, result.model):
+                # Over budget: the model before the pass is restored; the record says so.
+                result = ir.passes.PassResult(backup, modified=False)
+            elif not guarded:
+                self.accuracy.invalidate()
         for instrument in self.instruments:
             try:
                 instrument.after_pass(index, pass_, result)

@@ -14,5 +14,17 @@ __all__ = ["proto_with_weights"]
 
 
 def proto_with_weights(model: ir.Model) -> onnx.ModelProto:
-    """``model`` serialized with every external tensor loaded into memory (a copy)."""
-    return ir.to_proto(ir.external_data.load_to_model(model.clone()))
+    """``model`` serialized with every external tensor's bytes inside the proto.
+
+    The clone's initializers get in-memory views of the external tensors (read through their
+    memory maps; ``to_proto`` copies the bytes). ``onnx_ir.external_data.load_to_model`` is not
+    used: it *releases* each external tensor, which the clone shares with ``model``, and fails
+    while any numpy view of the mapped weights is alive.
+    """
+    clone = model.clone()
+    for graph in (clone.graph, *clone.graph.subgraphs()):
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.ExternalTensor):
+                value.const_value = ir.Tensor(tensor.numpy(), name=tensor.name, dtype=tensor.dtype)
+    return ir.to_proto(clone)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from passes import cleanup, fusion
+from passes import cleanup, fusion, quantize
 
 # Every pass class a family module exports is built in (the registry reads names and options).
 BUILTIN_PASSES = [
     *(getattr(cleanup, name) for name in cleanup.__all__),
     fusion.FusePass,
+    quantize.QuantizePass,
 ]
 
 __all__ = ["BUILTIN_PASSES"]

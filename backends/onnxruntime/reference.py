@@ -46,9 +46,20 @@ class ReferenceSession:
     """An onnxruntime session over an ``onnx_ir.Model`` or an ``.onnx`` path (CPU provider)."""
 
     def __init__(
-        self, model: ir.Model | str | Path, *, threads: int | None = None, level: str = "basic"
+        self,
+        model: ir.Model | str | Path,
+        *,
+        threads: int | None = None,
+        level: str = "basic",
+        extra_outputs: list[str] | None = None,
     ) -> None:
+        """``extra_outputs`` names intermediate values of an ``ir.Model`` to return as well."""
         options = session_options(threads, level)
+        added: list[ir.Value] = []
+        if extra_outputs:
+            if not isinstance(model, ir.Model):
+                raise TypeError("extra_outputs needs an onnx_ir.Model")
+            added = _expose(model, extra_outputs)
         try:
             if isinstance(model, (str, Path)):
                 self._session = ort.InferenceSession(
@@ -68,6 +79,9 @@ class ReferenceSession:
                     )
         except Exception as e:
             raise BackendError(f"onnxruntime cannot load the model: {_first_line(e)}") from e
+        finally:
+            for value in added:
+                model.graph.outputs.remove(value)
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
 
@@ -78,6 +92,26 @@ class ReferenceSession:
         except Exception as e:
             raise BackendError(f"onnxruntime failed to run the model: {_first_line(e)}") from e
         return dict(zip(self.output_names, outputs, strict=True))
+
+
+def _expose(model: ir.Model, names: list[str]) -> list[ir.Value]:
+    """Appends the named values to the graph outputs (the caller removes them again)."""
+    present = {v.name for v in model.graph.outputs}
+    wanted = set(names) - present
+    found = {}
+    for node in model.graph:
+        for value in node.outputs:
+            if value.name in wanted:
+                found[value.name] = value
+    for value in model.graph.inputs:
+        if value.name in wanted:
+            found[value.name] = value
+    missing = wanted - set(found)
+    if missing:
+        raise BackendError(f"no values named {sorted(missing)} in the model")
+    added = [found[name] for name in names if name in found]
+    model.graph.outputs.extend(added)
+    return added
 
 
 def run_reference(

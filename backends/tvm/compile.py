@@ -29,7 +29,7 @@ from compiler.serialize import proto_with_weights
 
 __all__ = ["CompiledModule", "ImportedModule", "compile_model", "import_relax", "unsupported_nodes"]
 
-_ONNX_DOMAINS = ("", "ai.onnx", "com.microsoft")
+_ONNX_DOMAINS = ("", "ai.onnx", "com.microsoft", "compiler.tvm")
 
 
 @dataclasses.dataclass
@@ -119,7 +119,11 @@ def import_relax(model: ir.Model, *, model_name: str = "model") -> ImportedModul
     from tvm.relax.frontend.onnx import from_onnx
 
     from backends.tvm.converters import extended_converters
+    from backends.tvm.quantized import QUANTIZED_OPS, lower_quantized
 
+    if any(node.op_type in QUANTIZED_OPS for node in model.graph):
+        model = model.clone()  # tensors are shared, not copied; the caller's graph is untouched
+        lower_quantized(model)
     bad = unsupported_nodes(model)
     if bad:
         node = bad[0]

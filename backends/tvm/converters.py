@@ -5,6 +5,9 @@ builds its table on every call, and offers no registration hook. :func:`extended
 wraps that function for the duration of one import, adding or replacing entries from
 :data:`CONVERTERS`; it restores the original on exit (imports are not run concurrently).
 
+* ``PackedMatMul``/``PackedGather`` (compiler.tvm): what ``MatMulNBits``/``GatherBlockQuantized``
+  are lowered to before import, see
+  :mod:`backends.tvm.quantized`.
 * ``SkipLayerNormalization`` (com.microsoft): TVM's own converter requires ``beta`` and
   ``bias`` and drops the ``input_skip_bias_sum`` output, which onnxscript's residual+LayerNorm
   fusion emits without beta/bias and whose sum output feeds the next residual. Ours computes
@@ -49,7 +52,17 @@ class SkipLayerNormalization(OnnxOpConverter):
         return relax.Tuple([output, placeholder, placeholder, total])
 
 
-CONVERTERS: dict[str, type[OnnxOpConverter]] = {"SkipLayerNormalization": SkipLayerNormalization}
+def _converters() -> dict[str, type[OnnxOpConverter]]:
+    from backends.tvm.quantized import PackedGather, PackedMatMul
+
+    return {
+        "SkipLayerNormalization": SkipLayerNormalization,
+        "PackedMatMul": PackedMatMul,
+        "PackedGather": PackedGather,
+    }
+
+
+CONVERTERS: dict[str, type[OnnxOpConverter]] = _converters()
 
 
 def converter_names() -> set[str]:

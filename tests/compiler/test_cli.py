@@ -233,3 +233,42 @@ def test_tune_then_build_with_the_database(tmp_path):
     result = run_cli("tune", str(path), "--db", str(db), "--budget", "soon")
     assert result.returncode != 0
     assert "--budget expects a duration" in _one_error_line(result)
+
+
+def test_build_quantized_with_calibration_and_an_error_budget(tmp_path):
+    """The bundled example, int4 by GPTQ from an .npz calibration file, under a budget."""
+    ids = np.random.default_rng(0).integers(0, 1024, (4, 1, 32))
+    np.savez(tmp_path / "calib.npz", input_ids=ids)
+    out = tmp_path / "int4"
+    result = run_cli(
+        "build",
+        "-o",
+        str(out),
+        "--passes",
+        "cleanup,quantize(bits=4,group=32,method=gptq)",
+        "--calibration",
+        str(tmp_path / "calib.npz"),
+        "--max-error",
+        "10",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "accuracy: quantize error" in result.stdout and "kept" in result.stdout
+    assert "4 calibration samples" in result.stdout
+    assert "quantized 11 layers; largest output error" in result.stdout
+    rolled = run_cli(
+        "build",
+        "-o",
+        str(tmp_path / "tight"),
+        "--passes",
+        "cleanup,quantize(bits=4)",
+        "--max-error",
+        "1e-6",
+    )
+    assert rolled.returncode == 0, rolled.stderr
+    assert "ROLLED BACK" in rolled.stdout
+
+
+def test_gptq_without_calibration_is_a_clear_error(tmp_path):
+    result = run_cli("build", "-o", str(tmp_path / "x"), "--passes", "quantize(method=gptq)")
+    assert result.returncode != 0
+    assert "--calibration" in _one_error_line(result)

@@ -1,0 +1,219 @@
+"""Calibration data: loading it, and the activation statistics lossy passes compute from it.
+
+A calibration set is a list of *feeds* (``{input name: array}``), one model run each.
+
+* ``.npz``: one array per model input, named like the input; an extra leading axis holds several
+  samples (``[samples, *input shape]``).
+* text (``.txt``): tokenized with ``tokenizer`` and cut into windows of the model's sequence
+  length for its token-id input (``input_ids``); an ``attention_mask`` input gets ones.
+
+:func:`input_gram_matrices` runs the model in onnxruntime with chosen intermediate values as extra
+outputs and accumulates ``XᵀX`` over all rows ``x`` of each value (last axis = features), which
+GPTQ and activation-aware passes need.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from compiler.errors import InputError
+from compiler.model_info import signature
+
+__all__ = [
+    "Calibration",
+    "InputStats",
+    "activation_ranges",
+    "input_gram_matrices",
+    "load_calibration",
+    "text_windows",
+]
+
+Feed = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class Calibration:
+    """Model feeds for calibration, and where they came from (for the report)."""
+
+    feeds: list[Feed]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+
+def _load_npz(path: Path, model: ir.Model) -> list[Feed]:
+    inputs, _ = signature(model)
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    missing = [s.name for s in inputs if s.name not in arrays]
+    if missing:
+        raise InputError(f"{path}: no array for the model input(s) {missing}; has {sorted(arrays)}")
+    samples = None
+    batched: dict[str, np.ndarray] = {}
+    for spec in inputs:
+        array = arrays[spec.name]
+        if array.ndim == len(spec.shape) + 1:
+            count = array.shape[0]
+        elif array.ndim == len(spec.shape):
+            array, count = array[None], 1
+        else:
+            raise InputError(
+                f"{path}: array {spec.name!r} has shape {list(array.shape)}; the input has rank "
+                f"{len(spec.shape)} (add one leading axis for several samples)"
+            )
+        if samples not in (None, count):
+            raise InputError(f"{path}: arrays hold different numbers of samples")
+        samples = count
+        batched[spec.name] = array.astype(np.dtype(spec.dtype), copy=False)
+    return [{name: a[i] for name, a in batched.items()} for i in range(samples or 0)]
+
+
+def text_windows(
+    token_ids: Sequence[int], length: int, count: int | None = None
+) -> list[np.ndarray]:
+    """Consecutive non-overlapping windows of ``length`` tokens (``[1, length]`` int64 each)."""
+    total = len(token_ids) // length
+    if count is not None:
+        total = min(total, count)
+    return [
+        np.asarray(token_ids[i * length : (i + 1) * length], np.int64)[None] for i in range(total)
+    ]
+
+
+def _load_text(path: Path, model: ir.Model, tokenizer: Any, samples: int | None) -> list[Feed]:
+    if tokenizer is None:
+        raise InputError(f"{path}: a text calibration file needs a tokenizer (--tokenizer)")
+    inputs, _ = signature(model)
+    names = [s.name for s in inputs]
+    if "input_ids" not in names:
+        raise InputError(f"{path}: text calibration needs a model input named 'input_ids'")
+    ids_spec = next(s for s in inputs if s.name == "input_ids")
+    length = ids_spec.shape[-1]
+    if not isinstance(length, int):
+        raise InputError(f"{path}: the model's sequence length is symbolic ({length!r})")
+    ids = tokenizer(path.read_text("utf-8")).input_ids
+    windows = text_windows(ids, length, samples)
+    if not windows:
+        raise InputError(f"{path}: {len(ids)} tokens is less than one window of {length}")
+    feeds = []
+    for window in windows:
+        feed = {"input_ids": window}
+        for spec in inputs:
+            if spec.name == "attention_mask":
+                feed["attention_mask"] = np.ones_like(window)
+            elif spec.name != "input_ids":
+                raise InputError(f"{path}: cannot make the input {spec.name!r} from text")
+        feeds.append(feed)
+    return feeds
+
+
+def load_calibration(
+    path: str | Path, model: ir.Model, *, tokenizer: Any = None, samples: int | None = None
+) -> Calibration:
+    """Reads a calibration file for ``model`` (``.npz``, or text with a ``tokenizer``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: calibration file not found")
+    if path.suffix == ".npz":
+        feeds = _load_npz(path, model)[:samples]
+    else:
+        feeds = _load_text(path, model, tokenizer, samples)
+    if not feeds:
+        raise InputError(f"{path}: no calibration samples")
+    return Calibration(feeds, str(path))
+
+
+@dataclasses.dataclass
+class InputStats:
+    """``XᵀX`` (float64, ``[K, K]``) over ``rows`` rows of one value; mean ``|x|`` per feature;
+    and ``first_gram``, ``XᵀX`` over the first position of every sequence only (``x[..., 0, :]``
+    of each feed's value, or its first row when it is 2-D) — where decoder LLMs keep their
+    attention sink."""
+
+    gram: np.ndarray
+    abs_mean: np.ndarray
+    rows: int
+    first_gram: np.ndarray
+
+
+def input_gram_matrices(
+    model: ir.Model, feeds: Iterable[Feed], values: Sequence[str]
+) -> dict[str, InputStats]:
+    """Runs ``model`` on each feed and accumulates statistics of the named ``values``."""
+    from backends.onnxruntime.reference import ReferenceSession
+
+    session = ReferenceSession(model, extra_outputs=list(values))
+    stats: dict[str, InputStats] = {}
+    for feed in feeds:
+        outputs = session.run(feed)
+        for name in values:
+            array = np.asarray(outputs[name], np.float32)
+            x = array.reshape(-1, array.shape[-1])
+            first = (array[..., 0, :] if array.ndim >= 3 else array[:1]).reshape(-1, x.shape[1])
+            gram = (x.T @ x).astype(np.float64)
+            first_gram = (first.T @ first).astype(np.float64)
+            entry = stats.get(name)
+            if entry is None:
+                abs_sum = np.abs(x).sum(0, dtype=np.float64)
+                stats[name] = InputStats(gram, abs_sum, x.shape[0], first_gram)
+            else:
+                entry.gram += gram
+                entry.first_gram += first_gram
+                entry.abs_mean += np.abs(x).sum(0, dtype=np.float64)
+                entry.rows += x.shape[0]
+    for entry in stats.values():
+        entry.abs_mean /= max(entry.rows, 1)
+    return stats
+
+
+def activation_ranges(
+    model: ir.Model,
+    feeds: Iterable[Feed],
+    values: Sequence[str],
+    *,
+    method: str = "minmax",
+    percentile: float = 99.99,
+    max_samples: int = 1 << 20,
+) -> dict[str, tuple[float, float]]:
+    """``(low, high)`` of each named value over the feeds.
+
+    ``minmax``: the extremes seen. ``percentile``: the ``100 − p`` and ``p`` percentiles of a
+    uniform subsample (at most ``max_samples`` values per value and feed, seeded), which ignores
+    rare outliers that would otherwise stretch an int8 grid.
+    """
+    from backends.onnxruntime.reference import ReferenceSession
+
+    if method not in ("minmax", "percentile"):
+        raise InputError(f"unknown activation calibration method {method!r}")
+    session = ReferenceSession(model, extra_outputs=list(values))
+    rng = np.random.default_rng(0)
+    low: dict[str, float] = {}
+    high: dict[str, float] = {}
+    samples: dict[str, list[np.ndarray]] = {name: [] for name in values}
+    for feed in feeds:
+        outputs = session.run(feed)
+        for name in values:
+            x = np.asarray(outputs[name], np.float32).ravel()
+            low[name] = min(low.get(name, np.inf), float(x.min()))
+            high[name] = max(high.get(name, -np.inf), float(x.max()))
+            if method == "percentile":
+                if x.size > max_samples:
+                    x = rng.choice(x, max_samples, replace=False)
+                samples[name].append(x)
+    if method == "minmax":
+        return {name: (low[name], high[name]) for name in values}
+    ranges = {}
+    for name in values:
+        x = np.concatenate(samples[name])
+        ranges[name] = (
+            float(np.percentile(x, 100 - percentile)),
+            float(np.percentile(x, percentile)),
+        )
+    return ranges

@@ -1,0 +1,73 @@
+"""Error budgets of lossy passes in a build: measured, reported per pass and per layer, and a
+pass over its budget rolled back."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from compiler.accuracy import AccuracyBudget
+from compiler.builder import build
+from compiler.calibration import Calibration
+from compiler.pass_manager import PassManager
+from compiler.pipeline import build_passes
+from compiler.runtime import load
+from tests.passes.quantize.models import correlated_inputs, linear_model
+
+pytestmark = pytest.mark.tvm
+
+
+def _feeds(count: int, rows: int = 8, k: int = 64) -> list[dict[str, np.ndarray]]:
+    return [{"x": correlated_inputs(rows, k, seed=s)[None]} for s in range(count)]
+
+
+def test_a_pass_over_budget_is_rolled_back_and_the_next_is_measured_alone():
+    model = linear_model(8, 64, 64, layers=2)
+    budget = AccuracyBudget(_feeds(2), budget=0.02)
+    passes = build_passes("quantize(bits=4,group=64,include=linear0),quantize(bits=8,group=0)")
+    result = PassManager(passes, accuracy=budget).run(model)
+    first, second = budget.records
+    assert first.rolled_back and first.error > 0.02  # int4 on one layer costs more than 2%
+    assert not second.rolled_back and 0 < second.error <= 0.02  # int8 fits
+    assert result.applied == [("quantize", False), ("quantize", True)]
+    ops = collections.Counter(n.op_type for n in result.model.graph)
+    assert ops["MatMulNBits"] == 2 and ops["MatMul"] == 0
+    assert all(n.attributes["bits"].as_int() == 8 for n in result.model.graph if n.domain)
+
+
+def test_build_reports_accuracy_and_verifies_against_the_optimized_model(tmp_path):
+    model = linear_model(8, 64, 64, layers=2)
+    calibration = Calibration(_feeds(3), "three seeded batches")
+    result = build(
+        model,
+        tmp_path / "int4",
+        passes="quantize(bits=4,group=32,method=gptq)",
+        calibration=calibration,
+        max_error=0.5,
+    )
+    accuracy = result.report["accuracy"]
+    assert accuracy["lossy_passes_applied"] and accuracy["budget"] == 0.5
+    (record,) = accuracy["passes"]
+    assert record["pass_name"] == "quantize" and not record["rolled_back"]
+    assert accuracy["inputs"] == "3 calibration samples from three seeded batches"
+    assert 0 < accuracy["error_vs_input_model"] < 0.5
+    assert [layer["node"] for layer in accuracy["layers"]] == ["linear0", "linear1"]
+    assert all(layer["output_error"] > 0 for layer in accuracy["layers"])
+    verification = result.report["verification"]
+    assert verification["reference"].startswith("onnxruntime (optimized model")
+    assert verification["max_error"] <= 1e-5
+    outputs = load(tmp_path / "int4")({"x": _feeds(1)[0]["x"]})
+    assert outputs["y"].shape == (1, 8, 64)
+
+
+def test_build_with_a_tight_budget_ships_the_unquantized_model(tmp_path):
+    model = linear_model(8, 64, 64)
+    result = build(model, tmp_path / "a", passes="quantize(bits=4)", max_error=1e-6)
+    accuracy = result.report["accuracy"]
+    assert accuracy["passes"][0]["rolled_back"]
+    assert not accuracy["lossy_passes_applied"]
+    shipped = ir.load(tmp_path / "a" / "model.onnx")
+    assert [n.op_type for n in shipped.graph] == ["MatMul"]

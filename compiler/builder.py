@@ -62,6 +62,9 @@ from compiler.pass_manager import PassContext, PassManager
 from compiler.pass_registry import PassRegistry
 from compiler.pipeline import build_passes
 from passes.fusion import fusion_coverage
+from passes.lowrank import lowrank_records
+from passes.precision import cast_records
+from passes.prune import prune_records
 from passes.quantize import quantize_records
 
 __all__ = ["DEFAULT_TOLERANCE", "BuildResult", "build", "example_inputs_for"]
@@ -69,6 +72,9 @@ __all__ = ["DEFAULT_TOLERANCE", "BuildResult", "build", "example_inputs_for"]
 # Backend fidelity in fp32: TVM and onnxruntime differ by float reassociation (and TVM's
 # polynomial exp/tanh), which grows with depth: 1e-6 on 2 layers, 1.9e-4 on SmolLM2's 30 layers.
 DEFAULT_TOLERANCE = 1e-3
+# Relative RMS, artifact vs onnxruntime, for models with quantized activations (W8A8): measured
+# 0.95% on MiniLM with real sentences, 5.2% with seeded random token ids (degenerate inputs).
+QUANTIZED_ACTIVATION_TOLERANCE = 0.1
 ACCURACY_SAMPLES = 4  # calibration samples the accuracy budget runs (each is one model run)
 
 Progress = Callable[[str], None]
@@ -184,7 +190,19 @@ def build(
     timings["load"] = time.perf_counter() - t0
 
     inputs_spec, outputs_spec = signature(model)
-    check_inputs = example_inputs_for(inputs_spec, seed=seed, dims=dims)
+    calib = _calibration(calibration, model, tokenizer)
+    # Real inputs make the check meaningful for models whose numerics depend on the data
+    # (quantized activations); without calibration data, seeded random ones.
+    check_inputs = (
+        dict(calib.feeds[0])
+        if calib is not None
+        else example_inputs_for(inputs_spec, seed=seed, dims=dims)
+    )
+    check_source = (
+        f"the first calibration sample ({calib.source})"
+        if calib is not None
+        else "seeded random (floats N(0,1), integers in [0, 2))"
+    )
     # The reference runs on the untouched input model, before any pass edits the IR in place.
     step("running the input model in onnxruntime (reference)")
     t0 = time.perf_counter()
@@ -194,7 +212,6 @@ def build(
     timings["reference"] = time.perf_counter() - t0
     stats_in = model_stats(model)
 
-    calib = _calibration(calibration, model, tokenizer)
     pipeline_text = passes if passes is not None else pipeline
     pass_list = build_passes(pipeline_text, registry)
     accuracy_feeds = calib.feeds[:ACCURACY_SAMPLES] if calib is not None else [check_inputs]
@@ -243,6 +260,13 @@ def build(
     layers = quantize_records(model)
     if layers:
         accuracy["layers"] = layers
+    for family, records in (
+        ("prune", prune_records(model)),
+        ("lowrank", lowrank_records(model)),
+        ("cast", cast_records(model)),
+    ):
+        if records:
+            accuracy[family] = records
 
     from backends.onnxruntime.writer import save_model
     from backends.tvm.compile import compile_model
@@ -278,7 +302,16 @@ def build(
             write_manifest(tmp, manifest_base)
             t0 = time.perf_counter()
             verification.update(
-                _verify(tmp, check_inputs, reference, tolerance, compiled.target, lossy)
+                _verify(
+                    tmp,
+                    check_inputs,
+                    reference,
+                    tolerance,
+                    compiled.target,
+                    lossy,
+                    quantizes_activations(model),
+                    check_source,
+                )
             )
             timings["verify"] = time.perf_counter() - t0
         report = {
@@ -317,6 +350,16 @@ def build(
     return BuildResult(Path(output_dir), report, manifest)
 
 
+def quantizes_activations(model: ir.Model) -> bool:
+    """Whether the model rounds activations to integers (a quantizer on a non-constant input)."""
+    return any(
+        node.op_type in ("QuantizeLinear", "DynamicQuantizeLinear")
+        and node.inputs[0] is not None
+        and node.inputs[0].const_value is None
+        for node in model.graph
+    )
+
+
 def _calibration(calibration: Any, model: ir.Model, tokenizer: Any):
     from compiler.calibration import Calibration, load_calibration
 
@@ -332,6 +375,8 @@ def _verify(
     tolerance: float,
     target: dict[str, Any],
     optimized: bool,
+    quantized_activations: bool,
+    inputs_source: str,
 ) -> dict[str, Any]:
     """Runs the artifact through the deployment runtime and compares with the reference."""
     if target.get("kind") != "llvm":
@@ -346,19 +391,31 @@ def _verify(
         raise BackendError(f"the compiled model failed to run: {e}") from e
     errors = max_error(outputs, reference)
     worst = max(errors.values(), default=0.0)
-    if not worst <= tolerance:
+    checked: dict[str, Any] = {"metric": "normalized max error"}
+    if quantized_activations:
+        # A quantizer's rounding flips on float noise (1e-6) and moves a value by a whole step,
+        # so single elements may differ by a step between two correct runtimes: compare the
+        # average-case error (relative RMS) instead.
+        tolerance = max(tolerance, QUANTIZED_ACTIVATION_TOLERANCE)
+        rms = relative_rms([outputs], [reference])
+        checked = {"metric": "relative RMS (activations are quantized)", "relative_rms": rms}
+        failed = (rms, "a relative RMS error") if not rms <= tolerance else None
+    else:
+        failed = (worst, "a normalized max error") if not worst <= tolerance else None
+    if failed:
         name = max(errors, key=errors.get)
         raise BackendError(
-            f"the compiled model's output {name!r} differs from onnxruntime by a normalized "
-            f"error of {worst:.3g}, above the tolerance {tolerance:.3g} (--tolerance)"
+            f"the compiled model's output {name!r} differs from onnxruntime by {failed[1]} of "
+            f"{failed[0]:.3g}, above the tolerance {tolerance:.3g} (--tolerance)"
         )
     return {
+        **checked,
         "reference": (
             "onnxruntime (optimized model, after lossy passes)"
             if optimized
             else "onnxruntime (input model, before passes)"
         ),
-        "inputs": "seeded random (floats N(0,1), integers in [0, 2))",
+        "inputs": inputs_source,
         "errors": errors,
         "max_error": worst,
         "tolerance": tolerance,

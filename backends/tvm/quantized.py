@@ -1,8 +1,9 @@
 """Quantized matmuls in the TVM backend: packed weights in, dequantization inside the kernel.
 
 Before import, :func:`lower_quantized` rewrites each ``com.microsoft::MatMulNBits`` (and
-``GatherBlockQuantized``, the quantized embedding lookup, and W8A8's ``MatMulInteger`` on
-constant int8 weights) whose weights are initializers into
+``GatherBlockQuantized``, the quantized embedding lookup; W8A8's ``MatMulInteger`` and per-channel
+int8's ``DequantizeLinear`` + ``MatMul`` on constant int8 weights) whose weights are initializers
+into
 ``compiler.tvm::PackedMatMul`` (``PackedGather``) with the codes re-laid out in tiles
 (:mod:`backends.tvm.packed_kernels`; still ``bits`` per weight, plus float32 scales ``[G, N]``),
 so the artifact's weights stay packed. Identical packed tensors are stored once (a tied
@@ -26,6 +27,7 @@ from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
 from backends.tvm.packed_kernels import dequantize_func, gather_rows, gemv_func, tile_channels
 from compiler.errors import BackendError
+from compiler.ir_utils import add_initializer
 
 __all__ = [
     "DOMAIN",
@@ -39,7 +41,8 @@ __all__ = [
 
 DOMAIN = "compiler.tvm"
 GEMV_MAX_ROWS = 4
-QUANTIZED_OPS = ("MatMulNBits", "GatherBlockQuantized", "MatMulInteger")  # what is lowered
+# What is lowered (DequantizeLinear only when it feeds a MatMul's weight).
+QUANTIZED_OPS = ("MatMulNBits", "GatherBlockQuantized", "MatMulInteger", "DequantizeLinear")
 
 
 def pack_tiles(codes: np.ndarray, bits: int, group: int) -> np.ndarray:
@@ -92,12 +95,7 @@ class _Weights:
         digest = hashlib.sha256(array.tobytes()).hexdigest() + str(array.shape) + str(array.dtype)
         if digest in self.by_digest:
             return self.by_digest[digest]
-        base, i = name, 1
-        while name in self.graph.initializers:
-            name, i = f"{base}_{i}", i + 1
-        value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-        value.shape, value.dtype = ir.Shape(array.shape), ir.DataType.from_numpy(array.dtype)
-        self.graph.register_initializer(value)
+        value = add_initializer(self.graph, name, array)
         self.by_digest[digest] = value
         return value
 
@@ -165,7 +163,7 @@ def _lower_matmul_integer(graph: ir.Graph, node: ir.Node, weights: _Weights) -> 
     uses = list(node.outputs[0].uses())
     if b is None or b.dtype != np.int8 or b.ndim != 2 or (b_zero is not None and b_zero.any()):
         return False
-    if len(uses) != 1 or uses[0][0].op_type != "Cast":
+    if len(uses) != 1 or uses[0][0].op_type != "Cast" or node.outputs[0].is_graph_output():
         return False
     cast = uses[0][0]
     if cast.attributes.get_int("to", 0) != int(ir.DataType.FLOAT):
@@ -200,6 +198,49 @@ def _lower_matmul_integer(graph: ir.Graph, node: ir.Node, weights: _Weights) -> 
     return True
 
 
+def _lower_dequantize_matmul(graph: ir.Graph, node: ir.Node, weights: _Weights) -> bool:
+    """``MatMul(A, DequantizeLinear(W_q, s[, z], axis=1))`` with constant int8 ``W_q`` ``[K, N]``
+    and per-column ``s``/``z`` (``quantize(bits=8, group=0)``) -> ``PackedMatMul`` on 8-bit tiles
+    (one group of K per channel)."""
+    q, scale = _const(node.inputs[0]), _const(node.inputs[1])
+    zero = _const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    uses = list(node.outputs[0].uses())
+    if q is None or q.dtype != np.int8 or q.ndim != 2 or scale is None or scale.ndim != 1:
+        return False
+    if node.attributes.get_int("axis", 1) not in (1, -1) or (
+        len(node.inputs) > 2 and node.inputs[2] is not None and zero is None
+    ):
+        return False
+    if len(uses) != 1 or uses[0][0].op_type != "MatMul" or uses[0][1] != 1:
+        return False
+    if node.outputs[0].is_graph_output():
+        return False
+    matmul = uses[0][0]
+    k, n = q.shape
+    codes = (q.T.astype(np.int16) + 128).astype(np.uint8)
+    stem = node.inputs[0].name or node.name
+    inputs = [
+        matmul.inputs[0],
+        weights.add(f"{stem}_tiles", pack_tiles(codes, 8, k)),
+        weights.add(f"{stem}_tile_scales", scale.astype(np.float32)[None]),
+    ]
+    if zero is not None and zero.any():
+        inputs.append(weights.add(f"{stem}_tile_zeros", (zero.astype(np.float32) + 128)[None]))
+    packed = ir.node(
+        "PackedMatMul",
+        inputs,
+        attributes={"K": k, "N": n, "bits": 8, "group": k},
+        domain=DOMAIN,
+        name=matmul.name,
+    )
+    old_weights = list(node.inputs)
+    ir.convenience.replace_nodes_and_values(
+        graph, matmul, [node, matmul], [packed], matmul.outputs, packed.outputs
+    )
+    _drop_initializers(graph, old_weights)
+    return True
+
+
 def lower_quantized(model: ir.Model) -> bool:
     """Rewrites quantized nodes of ``model`` in place (see module doc); True if any changed."""
     graph = model.graph
@@ -208,6 +249,9 @@ def lower_quantized(model: ir.Model) -> bool:
     for node in list(graph):
         if node.op_type == "MatMulInteger" and node.domain in ("", "ai.onnx"):
             changed |= _lower_matmul_integer(graph, node, weights)
+            continue
+        if node.op_type == "DequantizeLinear" and node.domain in ("", "ai.onnx"):
+            changed |= _lower_dequantize_matmul(graph, node, weights)
             continue
         if node.domain != "com.microsoft":
             continue

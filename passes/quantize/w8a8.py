@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from compiler.ir_utils import add_initializer
 from passes.quantize.grid import QuantizedWeight
 
 __all__ = ["activation_grid", "emit_w8a8"]
@@ -39,11 +40,10 @@ def emit_w8a8(
     node: ir.Node,
     quantized: QuantizedWeight,
     stem: str,
-    bias: ir.Value | None,
     activation: tuple[np.float32, np.uint8] | None,
-    new_initializer,
 ) -> list[ir.Node]:
-    """The nodes replacing ``node`` (its output is the last node's output).
+    """The nodes replacing ``node`` (its output is the last node's output; a bias is added by
+    the caller).
 
     ``quantized``: the weight as ``[N, K]`` int8 codes (symmetric, per channel, zero point 128);
     ``activation``: static ``(scale, zero point)`` or ``None`` for dynamic quantization.
@@ -51,28 +51,28 @@ def emit_w8a8(
     if quantized.bits != 8 or not quantized.symmetric or quantized.groups != 1:
         raise ValueError("W8A8 needs 8-bit symmetric per-channel weights")
     codes = (quantized.codes.astype(np.int16) - 128).astype(np.int8).T  # [K, N]
-    weight = new_initializer(graph, f"{stem}_w8", np.ascontiguousarray(codes))
+    weight = add_initializer(graph, f"{stem}_w8", np.ascontiguousarray(codes))
     w_scale = quantized.scales[:, 0].astype(np.float32)
     x = node.inputs[0]
     nodes: list[ir.Node] = []
     if activation is None:
         dq = ir.node("DynamicQuantizeLinear", [x], num_outputs=3)
         x_q, x_scale, x_zero = dq.outputs
-        scale = ir.node("Mul", [x_scale, new_initializer(graph, f"{stem}_w_scale", w_scale)])
+        scale = ir.node("Mul", [x_scale, add_initializer(graph, f"{stem}_w_scale", w_scale)])
         nodes += [dq, scale]
         combined = scale.outputs[0]
     else:
         s_x, z_x = activation
-        x_scale = new_initializer(graph, f"{stem}_x_scale", np.array(s_x, np.float32))
-        x_zero = new_initializer(graph, f"{stem}_x_zero", np.array(z_x, np.uint8))
+        x_scale = add_initializer(graph, f"{stem}_x_scale", np.array(s_x, np.float32))
+        x_zero = add_initializer(graph, f"{stem}_x_zero", np.array(z_x, np.uint8))
         q = ir.node("QuantizeLinear", [x, x_scale, x_zero])
         nodes.append(q)
         x_q = q.outputs[0]
-        combined = new_initializer(graph, f"{stem}_scale", (w_scale * s_x).astype(np.float32))
+        combined = add_initializer(graph, f"{stem}_scale", (w_scale * s_x).astype(np.float32))
+    x_q.shape, x_q.dtype = x.shape, ir.DataType.UINT8
     matmul = ir.node("MatMulInteger", [x_q, weight, x_zero], name=node.name)
+    matmul.outputs[0].shape, matmul.outputs[0].dtype = node.outputs[0].shape, ir.DataType.INT32
     cast = ir.node("Cast", [matmul.outputs[0]], attributes={"to": int(ir.DataType.FLOAT)})
     out = ir.node("Mul", [cast.outputs[0], combined])
     nodes += [matmul, cast, out]
-    if bias is not None:
-        nodes.append(ir.node("Add", [out.outputs[0], bias]))
     return nodes

@@ -4,8 +4,9 @@ Every ``MatMul(A, W)`` whose weight is a float32 initializer ``[K, N]`` — or `
 initializer ``[N, K]``, the tied-embedding LM head — and every ``Gemm(A, B[, C])`` with a constant
 ``B`` (alpha 1, A not transposed; C becomes an ``Add``) becomes ``com.microsoft::MatMulNBits`` with
 the codes packed (two int4 codes per byte) and float32 scales (see
-:mod:`passes.quantize.matmul_nbits`). With ``embeddings`` (the default), every embedding lookup
-``Gather(table, ids)`` on a float32 ``[V, K]`` initializer becomes
+:mod:`passes.quantize.matmul_nbits`) — except int8 per output channel (``bits=8, group=0``), which
+is the standard ``MatMul(A, DequantizeLinear(W_q, scales, axis=1))``. With ``embeddings`` (the
+default), every embedding lookup ``Gather(table, ids)`` on a float32 ``[V, K]`` initializer becomes
 ``com.microsoft::GatherBlockQuantized`` on the same grid (rows packed like MatMulNBits' rows);
 a table that is also a tied LM head reuses the head's codes, so both read one quantized matrix.
 Both onnxruntime and the TVM backend run these ops; the TVM backend keeps the codes packed and
@@ -44,7 +45,6 @@ in the model metadata ``compiler.quantize``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from typing import Literal
 
@@ -52,6 +52,7 @@ import numpy as np
 import onnx_ir as ir
 
 from compiler.errors import InputError
+from compiler.ir_utils import add_initializer, name_selected, read_records, write_records
 from passes.quantize.gptq import quantize_gptq
 from passes.quantize.grid import QuantizedWeight, quantize_rtn
 from passes.quantize.matmul_nbits import block_size_for, pack_matmul_nbits
@@ -99,10 +100,7 @@ def _targets(graph: ir.Graph, include: str, exclude: str) -> list[_Target]:
     for node in graph:
         if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
             continue
-        name = node.name or ""
-        if include and not re.search(include, name):
-            continue
-        if exclude and re.search(exclude, name):
+        if not name_selected(node.name, include, exclude):
             continue
         if node.op_type == "Gemm":
             target = _gemm_target(node)
@@ -145,8 +143,7 @@ def _objective(stats, first_weight: float) -> np.ndarray:
 
 def quantize_records(model: ir.Model) -> list[dict]:
     """The per-layer records the ``quantize`` pass left in ``model``'s metadata."""
-    text = model.metadata_props.get(RECORD_KEY)
-    return json.loads(text) if text else []
+    return read_records(model, RECORD_KEY)
 
 
 class QuantizePass(ir.passes.InPlacePass):
@@ -193,14 +190,11 @@ class QuantizePass(ir.passes.InPlacePass):
         self.context = None  # set by the pass manager: calibration data
 
     def _grams(self, model: ir.Model, targets: list[_Target]) -> dict[str, np.ndarray]:
-        calibration = getattr(self.context, "calibration", None)
-        if calibration is None:
-            if self.method == "gptq":
-                raise InputError(
-                    "quantize(method=gptq) needs calibration data: pass --calibration FILE"
-                )
-            return {}
-        from compiler.calibration import input_gram_matrices
+        from compiler.calibration import input_gram_matrices, require_calibration
+
+        if self.method != "gptq" and getattr(self.context, "calibration", None) is None:
+            return {}  # RTN: calibration only adds output errors to the records
+        calibration = require_calibration(self.context, "quantize(method=gptq)")
 
         feeds = calibration.feeds[: self.samples or None]
         names = sorted({t.node.inputs[0].name for t in targets})
@@ -237,35 +231,10 @@ class QuantizePass(ir.passes.InPlacePass):
             by_table[id(target.sources[-1])] = quantized
             if self.activations != "none":
                 self._replace_w8a8(graph, target, quantized, ranges)
-                records.append(
-                    self._record(node, target.sources[-1], target.weight, quantized, gram)
-                )
-                continue
-            n, k = target.weight.shape
-            block = block_size_for(self.group, k)
-            packed, scales, zeros = pack_matmul_nbits(quantized, block)
-            stem = target.sources[-1].name or node.name
-            inputs = [
-                node.inputs[0],
-                _initializer(graph, f"{stem}_q{self.bits}", packed),
-                _initializer(graph, f"{stem}_scales", scales),
-            ]
-            if zeros is not None:
-                inputs.append(_initializer(graph, f"{stem}_zero_points", zeros))
-            new = ir.node(
-                "MatMulNBits",
-                inputs,
-                attributes={"K": k, "N": n, "bits": self.bits, "block_size": block},
-                domain=MS_DOMAIN,
-                name=node.name,
-            )
-            replacement = [new]
-            if target.bias is not None:
-                replacement.append(ir.node("Add", [new.outputs[0], target.bias]))
-            ir.convenience.replace_nodes_and_values(
-                graph, node, [node], replacement, node.outputs, replacement[-1].outputs
-            )
-            _drop_unused(graph, target.sources)
+            elif self.bits == 8 and self.group == 0:
+                _replace(graph, target, _dequantize_nodes(graph, target, quantized))
+            else:
+                _replace(graph, target, self._nbits_nodes(graph, target, quantized))
             records.append(self._record(node, target.sources[-1], target.weight, quantized, gram))
         for node, table in tables:
             weight = table.const_value.numpy()
@@ -277,7 +246,7 @@ class QuantizePass(ir.passes.InPlacePass):
             record = self._record(node, table, weight, quantized, None)
             record["method"] = "tied" if id(table) in by_table else "rtn"
             records.append(record)
-        model.metadata_props[RECORD_KEY] = json.dumps(records)
+        write_records(model, RECORD_KEY, records)
         return ir.passes.PassResult(model, modified=True)
 
     def _activation_ranges(
@@ -285,12 +254,9 @@ class QuantizePass(ir.passes.InPlacePass):
     ) -> dict[str, tuple[float, float]]:
         if self.activations != "static":
             return {}
-        calibration = getattr(self.context, "calibration", None)
-        if calibration is None:
-            raise InputError(
-                "quantize(activations=static) needs calibration data: pass --calibration FILE"
-            )
-        from compiler.calibration import activation_ranges
+        from compiler.calibration import activation_ranges, require_calibration
+
+        calibration = require_calibration(self.context, "quantize(activations=static)")
 
         names = sorted({t.node.inputs[0].name for t in targets})
         feeds = calibration.feeds[: self.samples or None]
@@ -298,17 +264,32 @@ class QuantizePass(ir.passes.InPlacePass):
             model, feeds, names, method=self.ranges, percentile=self.percentile
         )
 
+    def _nbits_nodes(
+        self, graph: ir.Graph, target: _Target, quantized: QuantizedWeight
+    ) -> list[ir.Node]:
+        """``MatMulNBits(A, codes, scales[, zero points])``."""
+        node = target.node
+        n, k = target.weight.shape
+        block = block_size_for(self.group, k)
+        packed, scales, zeros = pack_matmul_nbits(quantized, block)
+        stem = target.sources[-1].name or node.name
+        inputs = [
+            node.inputs[0],
+            add_initializer(graph, f"{stem}_q{self.bits}", packed),
+            add_initializer(graph, f"{stem}_scales", scales),
+        ]
+        if zeros is not None:
+            inputs.append(add_initializer(graph, f"{stem}_zero_points", zeros))
+        attributes = {"K": k, "N": n, "bits": self.bits, "block_size": block}
+        return [ir.node("MatMulNBits", inputs, attributes, domain=MS_DOMAIN, name=node.name)]
+
     def _replace_w8a8(self, graph, target: _Target, quantized, ranges) -> None:
         node = target.node
         activation = None
         if self.activations == "static":
             activation = activation_grid(*ranges[node.inputs[0].name])
         stem = target.sources[-1].name or node.name
-        nodes = emit_w8a8(graph, node, quantized, stem, target.bias, activation, _initializer)
-        ir.convenience.replace_nodes_and_values(
-            graph, node, [node], nodes, node.outputs, nodes[-1].outputs
-        )
-        _drop_unused(graph, target.sources)
+        _replace(graph, target, emit_w8a8(graph, node, quantized, stem, activation))
 
     def _record(self, node, source, weight, quantized, gram) -> dict:
         delta = quantized.dequantize() - weight
@@ -337,14 +318,14 @@ class QuantizePass(ir.passes.InPlacePass):
         scales = np.ascontiguousarray(quantized.scales)
         stem = table.name or node.name
         inputs = [
-            _initializer(graph, f"{stem}_rows_q{self.bits}", data),
+            add_initializer(graph, f"{stem}_rows_q{self.bits}", data),
             node.inputs[1],
-            _initializer(graph, f"{stem}_rows_scales", scales),
+            add_initializer(graph, f"{stem}_rows_scales", scales),
         ]
         if not self.symmetric:
             zeros = quantized.zero_points
             zeros = _pack_rows(zeros) if self.bits == 4 else zeros
-            inputs.append(_initializer(graph, f"{stem}_rows_zero_points", zeros))
+            inputs.append(add_initializer(graph, f"{stem}_rows_zero_points", zeros))
         new = ir.node(
             "GatherBlockQuantized",
             inputs,
@@ -375,8 +356,7 @@ def _gather_targets(graph: ir.Graph, include: str, exclude: str) -> list[tuple[i
     for node in graph:
         if node.op_type != "Gather" or node.domain not in ("", "ai.onnx"):
             continue
-        name = node.name or ""
-        if (include and not re.search(include, name)) or (exclude and re.search(exclude, name)):
+        if not name_selected(node.name, include, exclude):
             continue
         if node.attributes.get_int("axis", 0) != 0:
             continue
@@ -387,15 +367,38 @@ def _gather_targets(graph: ir.Graph, include: str, exclude: str) -> list[tuple[i
     return found
 
 
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    base, i = name, 1
-    while name in graph.initializers:
-        name, i = f"{base}_{i}", i + 1
-    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-    value.shape = ir.Shape(array.shape)
-    value.dtype = ir.DataType.from_numpy(array.dtype)
-    graph.register_initializer(value)
-    return value
+def _dequantize_nodes(
+    graph: ir.Graph, target: _Target, quantized: QuantizedWeight
+) -> list[ir.Node]:
+    """int8 per output channel as standard ONNX: ``MatMul(A, DequantizeLinear(W_q, s[, z]))``
+    with ``W_q`` int8 ``[K, N]`` and one scale (and zero point) per column, ``axis=1``.
+    (``MatMulNBits`` would pad K to a power of two for a single block per row.)"""
+    node = target.node
+    stem = target.sources[-1].name or node.name
+    codes = (quantized.codes.astype(np.int16) - 128).astype(np.int8).T  # [K, N]
+    inputs = [
+        add_initializer(graph, f"{stem}_q8", codes),
+        add_initializer(graph, f"{stem}_scales", quantized.scales[:, 0].astype(np.float32)),
+    ]
+    if not quantized.symmetric:
+        zeros = (quantized.zero_points[:, 0].astype(np.int16) - 128).astype(np.int8)
+        inputs.append(add_initializer(graph, f"{stem}_zero_points", zeros))
+    dequantize = ir.node("DequantizeLinear", inputs, attributes={"axis": 1})
+    dequantize.outputs[0].shape = ir.Shape(codes.shape)
+    dequantize.outputs[0].dtype = ir.DataType.FLOAT
+    matmul = ir.node("MatMul", [node.inputs[0], dequantize.outputs[0]], name=node.name)
+    return [dequantize, matmul]
+
+
+def _replace(graph: ir.Graph, target: _Target, nodes: list[ir.Node]) -> None:
+    """Puts ``nodes`` (+ the Gemm bias) in place of the target's node; drops its old weight."""
+    node = target.node
+    if target.bias is not None:
+        nodes.append(ir.node("Add", [nodes[-1].outputs[0], target.bias]))
+    ir.convenience.replace_nodes_and_values(
+        graph, node, [node], nodes, node.outputs, nodes[-1].outputs
+    )
+    _drop_unused(graph, target.sources)
 
 
 def _drop_unused(graph: ir.Graph, values: list[ir.Value]) -> None:
@@ -405,6 +408,7 @@ def _drop_unused(graph: ir.Graph, values: list[ir.Value]) -> None:
             continue
         producer = value.producer()
         if producer is not None:
-            graph.remove(producer, safe=True)
+            if producer.graph is graph:  # (not removed already)
+                graph.remove(producer, safe=True)
         elif value.is_initializer():
             graph.initializers.pop(value.name, None)

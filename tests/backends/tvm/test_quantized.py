@@ -46,7 +46,8 @@ def test_tile_layout(bits):
 
 @pytest.mark.parametrize("rows", [1, GEMV_MAX_ROWS, 24])  # fused GEMV, GEMV, dequantize + GEMM
 @pytest.mark.parametrize(
-    ("bits", "group", "symmetric"), [(4, 16, True), (4, 32, False), (8, 0, True), (8, 16, False)]
+    ("bits", "group", "symmetric"),
+    [(4, 16, True), (4, 32, False), (8, 0, True), (8, 0, False), (8, 16, False)],
 )
 def test_tvm_matches_onnxruntime(rows, bits, group, symmetric):
     k, n = 80, 72  # K not a multiple of 32; N not a multiple of the 32-channel int4 tile

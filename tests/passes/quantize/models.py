@@ -10,7 +10,7 @@ import onnx_ir.passes.common
 def _init(graph_inits: list, name: str, array: np.ndarray) -> ir.Value:
     value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
     value.shape, value.dtype = ir.Shape(array.shape), ir.DataType.from_numpy(array.dtype)
-    graph_inits.append(value)
+    graph_inits.append(value)  # registered when the graph is made
     return value
 
 

@@ -43,8 +43,12 @@ def test_onnxruntime_computes_exactly_the_dequantized_weights(form, bits, group,
     quantized = _run(
         model.clone(), f"quantize(bits={bits},group={group},symmetric={str(symmetric).lower()})"
     )
-    assert _ops(quantized)["MatMulNBits"] == 1
-    assert not {"MatMul", "Gemm", "Transpose"} & set(_ops(quantized))
+    if (bits, group) == (8, 0):  # per channel: the standard DequantizeLinear + MatMul
+        assert _ops(quantized)["DequantizeLinear"] == 1 and _ops(quantized)["MatMul"] == 1
+        assert not {"Gemm", "Transpose", "MatMulNBits"} & set(_ops(quantized))
+    else:
+        assert _ops(quantized)["MatMulNBits"] == 1
+        assert not {"MatMul", "Gemm", "Transpose"} & set(_ops(quantized))
     expected = (
         x.reshape(-1, k) @ quantize_rtn(weight, bits, group, symmetric=symmetric).dequantize().T
     )
@@ -176,3 +180,12 @@ def test_w8a8_needs_int8_per_channel_weights_and_static_needs_calibration():
         QuantizePass(activations="dynamic")
     with pytest.raises(PassFailedError, match="--calibration"):
         _run(linear_model(4, 32, 32), "quantize(bits=8,group=0,activations=static)")
+
+
+def test_int8_per_channel_on_a_tied_head_is_standard_dequantize_linear():
+    model = linear_model(4, 40, 24, form="tied")
+    quantized = _run(model, "quantize(bits=8,group=0)")
+    assert _ops(quantized) == {"GatherBlockQuantized": 1, "DequantizeLinear": 1, "MatMul": 1}
+    (dq,) = [n for n in quantized.graph if n.op_type == "DequantizeLinear"]
+    assert dq.inputs[0].const_value.dtype == ir.DataType.INT8
+    assert list(dq.inputs[0].shape) == [40, 24]  # [K, N]: no padding, no Transpose

@@ -1,0 +1,9 @@
+"""Dead-weight elimination: structured pruning of FFN neurons that physically shrinks tensors
+(``prune``), and unstructured magnitude pruning reported as sparsity
+(``prune(mode=unstructured)``)."""
+
+from __future__ import annotations
+
+from passes.prune.structured import PrunePass, prune_records
+
+__all__ = ["PrunePass", "prune_records"]

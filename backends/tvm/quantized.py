@@ -316,17 +316,21 @@ def _add(bb, func, name: str):
     return bb.add_func(func.with_attr("global_symbol", name), name)
 
 
+def _packed_inputs(inputs, attr):
+    """``(first input, [tiles, scales(, zeros)], K, N, bits, group, symmetric)`` of a packed op."""
+    zeros = inputs[3] if len(inputs) > 3 else None
+    weights = [inputs[1], inputs[2], *([zeros] if zeros is not None else [])]
+    k, n, bits, group = (int(attr[key]) for key in ("K", "N", "bits", "group"))
+    return inputs[0], weights, k, n, bits, group, zeros is None
+
+
 class PackedMatMul(OnnxOpConverter):
     """``compiler.tvm::PackedMatMul(A, tiles, scales[, zeros])`` -> fused TIR kernels."""
 
     @classmethod
     def _impl_v1(cls, bb, inputs, attr, params):
-        a, packed, scales = inputs[0], inputs[1], inputs[2]
-        zeros = inputs[3] if len(inputs) > 3 else None
-        k, n, bits, group = (int(attr[key]) for key in ("K", "N", "bits", "group"))
-        symmetric = zeros is None
+        a, weights, k, n, bits, group, symmetric = _packed_inputs(inputs, attr)
         shape = [int(d) for d in a.ty.shape] if a.ty.shape is not None else None
-        weights = [packed, scales, *([] if symmetric else [zeros])]
         tag = f"k{k}_n{n}_b{bits}_g{group}{'' if symmetric else '_asym'}"
         rows = math.prod(shape[:-1]) if shape is not None else None
         if rows is not None and rows <= GEMV_MAX_ROWS:
@@ -348,13 +352,10 @@ class PackedGather(OnnxOpConverter):
 
     @classmethod
     def _impl_v1(cls, bb, inputs, attr, params):
-        ids, packed, scales = inputs[0], inputs[1], inputs[2]
-        zeros = inputs[3] if len(inputs) > 3 else None
-        k, n, bits, group = (int(attr[key]) for key in ("K", "N", "bits", "group"))
+        ids, weights, k, n, bits, group, _ = _packed_inputs(inputs, attr)
 
         def compute(ids_t, packed_t, scales_t, *rest):
             zeros_t = rest[0] if rest else None
             return gather_rows(ids_t, packed_t, scales_t, zeros_t, k=k, n=n, bits=bits, group=group)
 
-        args = [ids, packed, scales, *([zeros] if zeros is not None else [])]
-        return bb.emit_te(compute, *args, primfunc_name_hint="packed_gather")
+        return bb.emit_te(compute, ids, *weights, primfunc_name_hint="packed_gather")

@@ -113,15 +113,21 @@ class ImportedModule:
     input_names: list[str]
 
 
-def import_relax(model: ir.Model, *, model_name: str = "model") -> ImportedModule:
-    """Imports ``model`` into Relax; raises :class:`BackendError` naming an unsupported node."""
+def import_relax(
+    model: ir.Model, *, model_name: str = "model", packed_kernels: bool = True
+) -> ImportedModule:
+    """Imports ``model`` into Relax; raises :class:`BackendError` naming an unsupported node.
+
+    ``packed_kernels``: lower quantized ops to our CPU kernels (:mod:`backends.tvm.quantized`);
+    without it (GPU targets, for now) they are reported as unsupported.
+    """
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
     from backends.tvm.converters import extended_converters
     from backends.tvm.quantized import QUANTIZED_OPS, lower_quantized
 
-    if any(node.op_type in QUANTIZED_OPS for node in model.graph):
+    if packed_kernels and any(node.op_type in QUANTIZED_OPS for node in model.graph):
         model = model.clone()  # tensors are shared, not copied; the caller's graph is untouched
         lower_quantized(model)
     bad = unsupported_nodes(model)
@@ -169,8 +175,10 @@ def compile_model(
     """
     import tvm
 
-    imported = import_relax(model, model_name=model_name)
     target_dict = resolve_target(target)
+    # The packed quantized kernels are scheduled for CPUs; GPU schedules for them are not written.
+    on_cpu = target_dict.get("kind") == "llvm"
+    imported = import_relax(model, model_name=model_name, packed_kernels=on_cpu)
     tvm_target = tvm.target.Target(target_dict)
     database = None
     if tuning_db is not None:

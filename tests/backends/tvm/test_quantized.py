@@ -114,3 +114,11 @@ def test_w8a8_runs_on_packed_int8_weights(activations):
     (got,) = _run_tvm(compiled, feeds[1])
     assert max_error({"y": got}, run_reference(quantized, feeds[1]))["y"] <= 1e-6
     assert [p.dtype for p in compiled.params] == [np.uint8, np.uint8]  # int8 codes, in tiles
+
+
+def test_cuda_builds_of_quantized_models_name_the_unsupported_node():
+    from compiler.errors import BackendError
+
+    quantized = _quantized(linear_model(1, 32, 32), "quantize(bits=4,group=16)")
+    with pytest.raises(BackendError, match=r"linear0.*MatMulNBits"):
+        compile_model(quantized, "cuda")

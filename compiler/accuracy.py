@@ -8,6 +8,13 @@ was before the pass. A pass whose error exceeds ``budget`` is rolled back: the m
 restored (a clone taken before the pass — cheap, tensors are shared), and the record says so.
 Errors compound, so the budget is checked per pass *and* against the input model.
 
+Per-layer rollback: a pass that can leave layers out (``without_nodes(names)``, with
+``layer_errors(records)`` and ``record_key`` for its per-layer records — ``quantize`` does) is
+first re-run from the clone without its worst layers (largest recorded error: output error on
+calibration data, else weight error), a quarter of them more per attempt, up to three attempts
+(:class:`compiler.pass_manager.PassManager`); the first attempt within budget is kept and its
+record lists the layers left in float.
+
 Precondition for lossy passes: they replace tensors (new initializers) and never write into an
 existing tensor's memory, so the clone taken before the pass still holds the original weights.
 """
@@ -48,6 +55,7 @@ class AccuracyRecord:
     total_error: float
     budget: float
     rolled_back: bool
+    kept_in_float: list[str] = dataclasses.field(default_factory=list)  # per-layer rollback
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -103,7 +111,14 @@ class AccuracyBudget:
         """A pass changed the model: the next lossy pass re-measures its starting point."""
         self._current = None
 
-    def check(self, pass_name: str, before: ir.Model, after: ir.Model) -> bool:
+    def check(
+        self,
+        pass_name: str,
+        before: ir.Model,
+        after: ir.Model,
+        *,
+        kept_in_float: list[str] | None = None,
+    ) -> bool:
         """Records the error of ``after`` (the pass's result); returns True to keep it."""
         if self._input_outputs is None:
             self.start(before)
@@ -113,7 +128,9 @@ class AccuracyBudget:
         error = worst_error(outputs, self._current)
         total = worst_error(outputs, self._input_outputs)
         keep = error <= self.budget and total <= self.budget
-        self.records.append(AccuracyRecord(pass_name, error, total, self.budget, not keep))
+        self.records.append(
+            AccuracyRecord(pass_name, error, total, self.budget, not keep, kept_in_float or [])
+        )
         if keep:
             self._current = outputs
         return keep

@@ -26,6 +26,9 @@ from compiler.errors import CompilerError, PassFailedError
 __all__ = ["Instrument", "PassContext", "PassManager", "PipelineResult", "pass_name"]
 
 
+ROLLBACK_ATTEMPTS = 3  # per-layer rollback: a quarter, half, three quarters of the layers kept
+
+
 @dataclasses.dataclass
 class PassContext:
     """What passes may use besides the model. A pass that declares an attribute ``context``
@@ -114,6 +117,35 @@ class PassManager:
             instrument.after_pipeline(model)
         return PipelineResult(model, any(m for _, m in applied), applied)
 
+    def _per_layer_rollback(
+        self, pass_, name: str, backup: ir.Model, failed: ir.Model
+    ) -> ir.passes.PassResult:
+        """Re-runs ``pass_`` from ``backup`` leaving its worst layers (largest recorded error)
+        out, a quarter more each attempt, up to ``ROLLBACK_ATTEMPTS``; the model before the pass
+        if none fits the budget. Needs ``pass_.without_nodes`` and ``pass_.layer_errors``."""
+        if not (hasattr(pass_, "without_nodes") and hasattr(pass_, "layer_errors")):
+            return ir.passes.PassResult(backup, modified=False)
+        from compiler.ir_utils import read_records
+
+        key = getattr(pass_, "record_key", None)
+        before = len(read_records(backup, key)) if key else 0
+        errors = pass_.layer_errors(read_records(failed, key)[before:]) if key else {}
+        ranked = sorted(errors, key=errors.get, reverse=True)
+        step = max(1, len(ranked) // 4)
+        for attempt in range(1, ROLLBACK_ATTEMPTS + 1):
+            skipped = set(ranked[: step * attempt])
+            if not skipped or len(skipped) >= len(ranked):
+                break
+            candidate = backup.clone()
+            retry = pass_.without_nodes(skipped)
+            if hasattr(retry, "context"):
+                retry.context = self.context
+            result = retry(candidate)
+            label = f"{name} (without {len(skipped)} of {len(ranked)} layers)"
+            if self.accuracy.check(label, backup, result.model, kept_in_float=sorted(skipped)):
+                return result
+        return ir.passes.PassResult(backup, modified=False)
+
     def _run_one(
         self, index: int, pass_: ir.passes.PassBase, model: ir.Model, before: list[str]
     ) -> tuple[ir.Model, bool]:
@@ -142,8 +174,9 @@ class PassManager:
             raise failed(f"pass {name!r} failed{after}: {type(e).__name__}: {e}") from e
         if self.accuracy is not None and result.modified:
             if guarded and not self.accuracy.check(name, backup, result.model):
-                # Over budget: the model before the pass is restored; the record says so.
-                result = ir.passes.PassResult(backup, modified=False)
+                # Over budget: retry without the worst layers (passes that support it), else
+                # restore the model before the pass; the records say which.
+                result = self._per_layer_rollback(pass_, name, backup, result.model)
             elif not guarded:
                 self.accuracy.invalidate()
         for instrument in self.instruments:

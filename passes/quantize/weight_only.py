@@ -44,6 +44,7 @@ in the model metadata ``compiler.quantize``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 from typing import Literal
@@ -151,6 +152,7 @@ class QuantizePass(ir.passes.InPlacePass):
 
     name = "quantize"
     lossy = True
+    record_key = RECORD_KEY
 
     def __init__(
         self,
@@ -188,6 +190,7 @@ class QuantizePass(ir.passes.InPlacePass):
                 "give bits=8, group=0, symmetric=true"
             )
         self.context = None  # set by the pass manager: calibration data
+        self.skip: frozenset[str] = frozenset()  # nodes left in float (per-layer rollback)
 
     def _grams(self, model: ir.Model, targets: list[_Target]) -> dict[str, np.ndarray]:
         from compiler.calibration import input_gram_matrices, require_calibration
@@ -215,8 +218,11 @@ class QuantizePass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        targets = _targets(graph, self.include, self.exclude)
+        targets = [
+            t for t in _targets(graph, self.include, self.exclude) if t.node.name not in self.skip
+        ]
         tables = _gather_targets(graph, self.include, self.exclude) if self.embeddings else []
+        tables = [(node, table) for node, table in tables if node.name not in self.skip]
         if not targets and not tables:
             return ir.passes.PassResult(model, modified=False)
         grams = self._grams(model, targets)
@@ -290,6 +296,20 @@ class QuantizePass(ir.passes.InPlacePass):
             activation = activation_grid(*ranges[node.inputs[0].name])
         stem = target.sources[-1].name or node.name
         _replace(graph, target, emit_w8a8(graph, node, quantized, stem, activation))
+
+    def without_nodes(self, names: set[str]) -> QuantizePass:
+        """This pass, leaving the named nodes in float (the pass manager's per-layer rollback)."""
+        clone = copy.copy(self)
+        clone.skip = frozenset(self.skip | set(names))
+        return clone
+
+    @staticmethod
+    def layer_errors(records: list[dict]) -> dict[str, float]:
+        """Per node: the output error on calibration data, else the weight error."""
+        return {
+            r["node"]: r["output_error"] if r.get("output_error") is not None else r["weight_error"]
+            for r in records
+        }
 
     def _record(self, node, source, weight, quantized, gram) -> dict:
         delta = quantized.dequantize() - weight

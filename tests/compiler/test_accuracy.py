@@ -83,3 +83,19 @@ def test_w8a8_builds_are_verified_by_relative_rms(tmp_path):
     assert verification["relative_rms"] <= verification["tolerance"] == 0.1
     assert quantizes_activations(ir.load(tmp_path / "w8a8" / "model.onnx"))
     assert not quantizes_activations(linear_model(8, 64, 64))
+
+
+def test_over_budget_quantize_is_retried_with_its_worst_layers_in_float():
+    model = linear_model(8, 64, 64, layers=4)
+    budget = AccuracyBudget(_feeds(2), budget=0.25)  # all four int4 layers: ~0.31
+    result = PassManager(build_passes("quantize(bits=4,group=32)"), accuracy=budget).run(model)
+    first, *retries = budget.records
+    assert first.rolled_back and first.error > 0.25 and not first.kept_in_float
+    assert retries and all(r.rolled_back for r in retries[:-1])
+    final = retries[-1]
+    assert not final.rolled_back and final.error <= 0.25
+    assert final.pass_name == f"quantize (without {len(final.kept_in_float)} of 4 layers)"
+    ops = {n.name: n.op_type for n in result.model.graph}
+    assert all(ops[name] == "MatMul" for name in final.kept_in_float)
+    assert sum(op == "MatMulNBits" for op in ops.values()) == 4 - len(final.kept_in_float)
+    assert result.applied == [("quantize", True)]

@@ -222,7 +222,8 @@ def build(
     )
     input_outputs = None  # the input model on the accuracy feeds, when lossy passes may run
     if verify and any(is_lossy(p) for p in pass_list):
-        input_outputs = [reference] if calib is None else outputs_on(model, accuracy_feeds)
+        # accuracy_feeds[0] is check_inputs, whose outputs ``reference`` already holds.
+        input_outputs = [reference, *outputs_on(model, accuracy_feeds[1:])]
     budget = None
     if max_error is not None:
         budget = AccuracyBudget(accuracy_feeds, max_error, input_outputs=input_outputs)
@@ -251,8 +252,8 @@ def build(
         # The artifact must match the optimized model; the optimized model's distance to the
         # input model (on real inputs when there is calibration data) is what the passes cost.
         step("running the optimized model in onnxruntime")
-        optimized_reference = run_reference(model, check_inputs)
-        final = [optimized_reference] if calib is None else outputs_on(model, accuracy_feeds)
+        final = outputs_on(model, accuracy_feeds)
+        optimized_reference = final[0]  # accuracy_feeds[0] is check_inputs
         accuracy["inputs"] = accuracy_source
         accuracy["error_vs_input_model"] = worst_error(final, input_outputs)
         accuracy["relative_rms_vs_input_model"] = relative_rms(final, input_outputs)

@@ -29,9 +29,9 @@ __all__ = [
     "Calibration",
     "InputStats",
     "activation_ranges",
+    "calibration_feeds",
     "input_gram_matrices",
     "load_calibration",
-    "require_calibration",
     "text_windows",
 ]
 
@@ -76,12 +76,13 @@ def _load_npz(path: Path, model: ir.Model) -> list[Feed]:
     return [{name: a[i] for name, a in batched.items()} for i in range(samples or 0)]
 
 
-def require_calibration(context, what: str) -> Calibration:
-    """The calibration a pass was given through its context, or an error saying how to give it."""
+def calibration_feeds(context, what: str, samples: int = 0) -> list[Feed]:
+    """The first ``samples`` (0: all) calibration feeds a pass was given through its context,
+    or an error saying how to give them."""
     calibration = getattr(context, "calibration", None)
     if calibration is None:
         raise InputError(f"{what} needs calibration data: pass --calibration FILE")
-    return calibration
+    return calibration.feeds[: samples or None]
 
 
 def text_windows(

@@ -102,12 +102,11 @@ class LowRankPass(ir.passes.InPlacePass):
     def _grams(self, model: ir.Model, nodes: list[ir.Node]) -> dict[str, np.ndarray]:
         if self.method != "activation":
             return {}
-        from compiler.calibration import input_gram_matrices, require_calibration
+        from compiler.calibration import calibration_feeds, input_gram_matrices
 
-        calibration = require_calibration(self.context, "lowrank(method=activation)")
-
+        feeds = calibration_feeds(self.context, "lowrank(method=activation)", self.samples)
         names = sorted({n.inputs[0].name for n in nodes})
-        stats = input_gram_matrices(model, calibration.feeds[: self.samples or None], names)
+        stats = input_gram_matrices(model, feeds, names)
         return {name: s.gram for name, s in stats.items()}
 
     def _factors(self, w: np.ndarray, gram: np.ndarray | None):

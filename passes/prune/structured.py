@@ -206,12 +206,11 @@ class PrunePass(ir.passes.InPlacePass):
     def _activity(self, model: ir.Model, blocks: list[_Block]) -> dict[str, np.ndarray]:
         if self.score != "wanda":
             return {}
-        from compiler.calibration import input_gram_matrices, require_calibration
+        from compiler.calibration import calibration_feeds, input_gram_matrices
 
-        calibration = require_calibration(self.context, "prune(score=wanda)")
-
+        feeds = calibration_feeds(self.context, "prune(score=wanda)", self.samples)
         names = sorted({b.down.node.inputs[0].name for b in blocks})
-        stats = input_gram_matrices(model, calibration.feeds[: self.samples or None], names)
+        stats = input_gram_matrices(model, feeds, names)
         return {name: s.abs_mean for name, s in stats.items()}
 
     def _keep(self, block: _Block, activity: np.ndarray | None) -> np.ndarray:

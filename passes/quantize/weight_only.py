@@ -193,13 +193,11 @@ class QuantizePass(ir.passes.InPlacePass):
         self.skip: frozenset[str] = frozenset()  # nodes left in float (per-layer rollback)
 
     def _grams(self, model: ir.Model, targets: list[_Target]) -> dict[str, np.ndarray]:
-        from compiler.calibration import input_gram_matrices, require_calibration
+        from compiler.calibration import calibration_feeds, input_gram_matrices
 
         if self.method != "gptq" and getattr(self.context, "calibration", None) is None:
             return {}  # RTN: calibration only adds output errors to the records
-        calibration = require_calibration(self.context, "quantize(method=gptq)")
-
-        feeds = calibration.feeds[: self.samples or None]
+        feeds = calibration_feeds(self.context, "quantize(method=gptq)", self.samples)
         names = sorted({t.node.inputs[0].name for t in targets})
         stats = input_gram_matrices(model, feeds, names)
         return {name: _objective(s, self.first_weight) for name, s in stats.items()}
@@ -260,12 +258,10 @@ class QuantizePass(ir.passes.InPlacePass):
     ) -> dict[str, tuple[float, float]]:
         if self.activations != "static":
             return {}
-        from compiler.calibration import activation_ranges, require_calibration
+        from compiler.calibration import activation_ranges, calibration_feeds
 
-        calibration = require_calibration(self.context, "quantize(activations=static)")
-
+        feeds = calibration_feeds(self.context, "quantize(activations=static)", self.samples)
         names = sorted({t.node.inputs[0].name for t in targets})
-        feeds = calibration.feeds[: self.samples or None]
         return activation_ranges(
             model, feeds, names, method=self.ranges, percentile=self.percentile
         )

@@ -7,6 +7,7 @@ Layout (DESIGN.md §1.6)::
       weights.safetensors   weights, in the order the compiled ``main`` takes them
       model.onnx[.data]     the optimized ONNX model (runs in onnxruntime)
       report.json           what the build did and measured
+      report.html           the same, for people: tables and plots (self-contained, no scripts)
       manifest.json         signature, target, versions, sha256 and size of every other file
 
 This module imports only the standard library: the deployment runtime uses it.
@@ -33,6 +34,7 @@ __all__ = [
     "MANIFEST_FILE",
     "ONNX_FILE",
     "REPORT_FILE",
+    "REPORT_HTML_FILE",
     "WEIGHTS_FILE",
     "atomic_directory",
     "read_manifest",
@@ -48,6 +50,7 @@ LIBRARY_FILE = "model.so"
 WEIGHTS_FILE = "weights.safetensors"
 ONNX_FILE = "model.onnx"
 REPORT_FILE = "report.json"
+REPORT_HTML_FILE = "report.html"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -3,7 +3,8 @@
 Steps: load (frontend) -> passes (pass manager with verify/timing/stats instruments) -> write the
 optimized ONNX model -> compile with TVM -> write library, weights, report and manifest into a
 temporary folder -> load that folder with :mod:`compiler.runtime` and compare its outputs on
-seeded inputs with onnxruntime running the *input* model -> rename the folder into place.
+seeded inputs with onnxruntime running the *input* model -> time it briefly against onnxruntime
+-> write ``report.json`` and ``report.html`` -> rename the folder into place.
 
 Two errors are kept apart:
 
@@ -21,6 +22,8 @@ The input model is only read.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import platform
 import time
 from collections.abc import Callable, Mapping
@@ -41,8 +44,10 @@ from compiler.accuracy import (
 )
 from compiler.artifact import (
     LIBRARY_FILE,
+    MANIFEST_FILE,
     ONNX_FILE,
     REPORT_FILE,
+    REPORT_HTML_FILE,
     WEIGHTS_FILE,
     atomic_directory,
     write_json,
@@ -58,7 +63,7 @@ from compiler.instruments import (
 )
 from compiler.model_info import TensorSpec, concrete_shape, model_stats, signature
 from compiler.numerics import max_error, random_inputs
-from compiler.pass_manager import PassContext, PassManager
+from compiler.pass_manager import Instrument, PassContext, PassManager
 from compiler.pass_registry import PassRegistry
 from compiler.pipeline import build_passes
 from passes.fusion import fusion_coverage
@@ -76,6 +81,10 @@ DEFAULT_TOLERANCE = 1e-3
 # 0.95% on MiniLM with real sentences, 5.2% with seeded random token ids (degenerate inputs).
 QUANTIZED_ACTIVATION_TOLERANCE = 0.1
 ACCURACY_SAMPLES = 4  # calibration samples the accuracy budget runs (each is one model run)
+# The build's latency check: a few interleaved runs, artifact vs onnxruntime, medians. Short
+# gaps keep it cheap (`compiler bench` measures carefully, with longer pauses and more runs).
+LATENCY_RUNS = 5
+LATENCY_GAP_S = 0.02
 
 Progress = Callable[[str], None]
 
@@ -162,6 +171,7 @@ def build(
     seed: int = 0,
     dims: Mapping[str, int] | None = None,
     tuning_db: str | Path | None = None,
+    latency_runs: int = LATENCY_RUNS,
     progress: Progress | None = None,
 ) -> BuildResult:
     """Builds ``source`` (path, ``onnx_ir.Model``, or torch module) into ``output_dir``.
@@ -172,6 +182,7 @@ def build(
     ``calibration``: an ``.npz`` or text file (text needs ``tokenizer``), or a
     :class:`compiler.calibration.Calibration`, for passes that use data (``quantize(method=gptq)``)
     and for measuring lossy passes. ``max_error`` is the accuracy budget of each lossy pass.
+    ``latency_runs``: timed runs of the artifact and of onnxruntime for the report (0 skips).
     """
     from compiler.frontends import load
 
@@ -227,8 +238,12 @@ def build(
     budget = None
     if max_error is not None:
         budget = AccuracyBudget(accuracy_feeds, max_error, input_outputs=input_outputs)
+    elif input_outputs is not None:
+        # No budget: still measure each lossy pass for the report; nothing is rolled back.
+        budget = AccuracyBudget(accuracy_feeds, math.inf, input_outputs=input_outputs)
     timing, stats = TimingInstrument(), StatsInstrument()
-    instruments = [VerifyInstrument(), timing, stats]
+    pass_errors = _PassErrors(budget)
+    instruments = [VerifyInstrument(), timing, stats, pass_errors]
     numeric = None
     if check_numerics:
         numeric = NumericCheckInstrument(check_inputs)
@@ -246,7 +261,7 @@ def build(
         modified and is_lossy(p) for p, (_, modified) in zip(pass_list, result.applied, strict=True)
     )
     accuracy: dict[str, Any] = {"lossy_passes_applied": lossy, "budget": max_error}
-    if budget is not None:
+    if budget is not None and max_error is not None:
         accuracy["passes"] = [r.to_json() for r in budget.records]
     if lossy and verify:
         # The artifact must match the optimized model; the optimized model's distance to the
@@ -315,6 +330,10 @@ def build(
                 )
             )
             timings["verify"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        latency = _latency(tmp, manifest_base, latency_runs, compiled.target, verify, step)
+        if latency["measured"]:
+            timings["latency"] = time.perf_counter() - t0
         report = {
             "model": source_name,
             "pipeline": pipeline_text,
@@ -324,11 +343,7 @@ def build(
                     "modified": modified,
                     "seconds": seconds,
                     "after": after.to_json(),
-                    **(
-                        {"numeric_error": numeric.records[i].errors}
-                        if numeric is not None and i < len(numeric.records)
-                        else {}
-                    ),
+                    **pass_errors.entry(i, numeric),
                 }
                 for i, ((name, modified, after), (_, seconds)) in enumerate(
                     zip(stats.after, timing.timings, strict=True)
@@ -344,11 +359,96 @@ def build(
             },
             "verification": verification,
             "accuracy": accuracy,
+            "latency": latency,
             "timings_seconds": timings,
         }
         write_json(tmp / REPORT_FILE, report)
+        from compiler.report_html import render_report
+
+        files = {  # the payload; the manifest is rewritten below
+            p.name: p.stat().st_size
+            for p in sorted(tmp.iterdir())
+            if p.is_file() and p.name != MANIFEST_FILE
+        }
+        (tmp / REPORT_HTML_FILE).write_text(render_report(report, files), encoding="utf-8")
         manifest = write_manifest(tmp, manifest_base)
     return BuildResult(Path(output_dir), report, manifest)
+
+
+class _PassErrors(Instrument):
+    """Which accuracy records (:class:`compiler.accuracy.AccuracyBudget`) each pass produced.
+
+    The manager checks a lossy pass against the budget before the instruments' ``after_pass``,
+    so the records added between ``before_pass`` and ``after_pass`` are that pass's: one, or
+    several when a per-layer rollback retried it.
+    """
+
+    def __init__(self, budget: AccuracyBudget | None) -> None:
+        self.budget = budget
+        self.records: dict[int, list[dict]] = {}
+        self._start = 0
+
+    def before_pass(self, index, pass_, model) -> None:
+        self._start = len(self.budget.records) if self.budget is not None else 0
+
+    def after_pass(self, index, pass_, result) -> None:
+        if self.budget is not None and len(self.budget.records) > self._start:
+            self.records[index] = [r.to_json() for r in self.budget.records[self._start :]]
+
+    def entry(self, index: int, numeric: NumericCheckInstrument | None) -> dict[str, Any]:
+        """The error columns of pass ``index`` in the report's per-pass table.
+
+        ``error``: the pass's result against the model before it (lossy passes, on the accuracy
+        inputs); ``error_vs_input_model``: the model after the pass against the input model
+        (lossy passes, or every pass under ``--check-numerics``); None where nothing measured.
+        """
+        entry: dict[str, Any] = {"error": None, "error_vs_input_model": None}
+        records = self.records.get(index)
+        if records:
+            kept = [r for r in records if not r["rolled_back"]]
+            chosen = kept[-1] if kept else records[0]
+            entry["error"] = chosen["error"]
+            entry["error_vs_input_model"] = chosen["total_error"]
+            entry["rolled_back"] = not kept
+            if chosen["kept_in_float"]:
+                entry["kept_in_float"] = chosen["kept_in_float"]
+        if numeric is not None and index < len(numeric.records):
+            errors = numeric.records[index].errors
+            entry["numeric_error"] = errors
+            entry["error_vs_input_model"] = max(errors.values(), default=0.0)
+        return entry
+
+
+def _latency(
+    directory: Path,
+    manifest_base: dict[str, Any],
+    runs: int,
+    target: dict[str, Any],
+    manifest_written: bool,
+    step: Progress,
+) -> dict[str, Any]:
+    """A short latency measurement of the artifact in ``directory`` against onnxruntime."""
+    if runs <= 0:
+        return {"measured": False, "reason": "skipped (latency_runs=0)"}
+    if target.get("kind") != "llvm":
+        return {"measured": False, "reason": f"no {target.get('kind')} device on this machine"}
+    from compiler.bench import bench_artifact
+
+    step(f"timing the artifact against onnxruntime ({runs} runs each)")
+    if not manifest_written:  # the runtime loads only folders with a manifest
+        write_json(directory / REPORT_FILE, {})
+        write_manifest(directory, manifest_base)
+    try:
+        result = bench_artifact(
+            directory, runs=runs, warmup=1, threads=os.cpu_count() or 1, gap_s=LATENCY_GAP_S
+        )
+    except CompilerError as e:  # a model onnxruntime cannot run still builds
+        return {"measured": False, "reason": str(e)}
+    return {
+        "measured": True,
+        **result.to_json(),
+        "note": "a short check during the build; `compiler bench` measures with more runs",
+    }
 
 
 def quantizes_activations(model: ir.Model) -> bool:

@@ -1,4 +1,4 @@
-"""The command line: ``python -m compiler build|run|bench|passes|inspect``.
+"""The command line: ``python -m compiler build|run|bench|passes|recipes|inspect|bisect``.
 
 Errors raised on purpose (:class:`~compiler.errors.CompilerError`) print as one line on stderr
 and exit non-zero; ``--verbose`` adds the traceback. Long steps show a spinner with the step.
@@ -70,10 +70,11 @@ def _parse_dims(items: Sequence[str] | None) -> dict[str, int]:
 
 # ---------------------------------------------------------------------------------------- build
 def cmd_build(args: argparse.Namespace) -> int:
-    from compiler.builder import build
+    from compiler.builder import DEFAULT_TOLERANCE, build
 
     if args.passes is not None and args.pipeline is not None:
         raise InputError("give either --passes or --pipeline, not both")
+    _apply_recipe(args)
     pipeline = args.pipeline or "O1"
     if args.llm:
         return _build_llm(args, pipeline)
@@ -99,12 +100,12 @@ def cmd_build(args: argparse.Namespace) -> int:
         result = build(
             source,
             output,
-            target=args.target,
+            target=args.target or "llvm",
             passes=args.passes,
             pipeline=pipeline,
             check_numerics=args.check_numerics,
             dump_dir=args.dump_dir,
-            tolerance=args.tolerance,
+            tolerance=args.tolerance if args.tolerance is not None else DEFAULT_TOLERANCE,
             max_error=args.max_error,
             calibration=args.calibration,
             tokenizer=_tokenizer(args.tokenizer),
@@ -115,6 +116,27 @@ def cmd_build(args: argparse.Namespace) -> int:
         )
     _print_report(result.report, result.manifest, result.output_dir)
     return 0
+
+
+def _apply_recipe(args: argparse.Namespace) -> None:
+    """``--recipe``: its passes, and its settings wherever the command line gives none."""
+    if args.recipe is None:
+        return
+    if args.passes is not None or args.pipeline is not None:
+        raise InputError("--recipe names the passes: give --recipe or --passes/--pipeline")
+    if args.llm:
+        raise InputError("--recipe does not apply to --llm builds; use --pipeline")
+    from compiler.recipes import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    args.passes = recipe.pipeline
+    for key in ("target", "max_error", "tolerance", "tuning_db", "calibration", "tokenizer"):
+        value = getattr(recipe, key)
+        if getattr(args, key) is None and value is not None:
+            setattr(args, key, str(value) if isinstance(value, Path) else value)
+    # --dim NAME=INT given on the command line comes last, so it wins.
+    args.dim = [*(f"{k}={v}" for k, v in recipe.dims.items()), *(args.dim or [])]
+    err.print(f"recipe {recipe.path}: {recipe.pipeline}")
 
 
 def _tokenizer(name: str | None) -> Any:
@@ -151,7 +173,7 @@ def _build_llm(args: argparse.Namespace, pipeline: str) -> int:
             output,
             prefill_len=args.prefill_len,
             max_context=args.max_context,
-            target=args.target,
+            target=args.target or "llvm",
             pipeline=pipeline,
             progress=step,
         )
@@ -206,6 +228,14 @@ def _print_report(report: dict, manifest: dict, output_dir: Path) -> None:
     else:
         out.print(f"not verified: {ver.get('reason', 'disabled')}")
     _print_accuracy(report.get("accuracy") or {})
+    latency = report.get("latency") or {}
+    if latency.get("measured"):
+        ms = latency["medians_ms"]
+        out.print(
+            f"latency (median of {latency['runs']} runs): {ms['compiler']:.3f} ms, onnxruntime "
+            f"{ms['onnxruntime']:.3f} ms ({latency['ratios_to_onnxruntime']['compiler']:.2f}×); "
+            "`compiler bench` measures more carefully"
+        )
     tuning = report.get("tuning") or {}
     if tuning.get("database"):
         out.print(
@@ -213,6 +243,8 @@ def _print_report(report: dict, manifest: dict, output_dir: Path) -> None:
         )
     timings = ", ".join(f"{k} {v:.1f} s" for k, v in report["timings_seconds"].items())
     out.print(f"timings: {timings}")
+    if "report.html" in manifest["files"]:
+        out.print(f"report: {output_dir / 'report.html'} (tables and plots)")
 
 
 def _print_accuracy(accuracy: dict) -> None:
@@ -438,6 +470,27 @@ def cmd_passes(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------- recipes
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from compiler.recipes import load_recipe, shipped_recipes
+
+    if args.name:
+        recipe = load_recipe(args.name)
+        out.print(f"[bold]{recipe.name}[/]  ({recipe.path})")
+        out.print(recipe.path.read_text("utf-8").rstrip(), markup=False)
+        out.print(f"pipeline: {recipe.pipeline}", markup=False)
+        return 0
+    table = Table(title="Shipped recipes (build --recipe NAME)", title_justify="left")
+    for col in ("name", "target", "passes", "description"):
+        table.add_column(col)
+    for name, path in shipped_recipes().items():
+        recipe = load_recipe(path)
+        target = recipe.target if isinstance(recipe.target, str) else str(recipe.target or "")
+        table.add_row(name, target or "llvm", recipe.pipeline, recipe.description)
+    out.print(table)
+    return 0
+
+
 # -------------------------------------------------------------------------------------- inspect
 def cmd_inspect(args: argparse.Namespace) -> int:
     from compiler.artifact import ONNX_FILE, read_manifest
@@ -445,6 +498,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from compiler.model_info import model_stats, signature
 
     path = Path(args.model)
+    if args.dump_after is not None and args.passes is None:
+        raise InputError("--dump-after names a pass of --passes: give --passes too")
+    if args.dump_after is not None and args.output is None:
+        raise InputError("--dump-after needs -o FILE.onnx: where to write the model")
     if path.is_dir():
         manifest = read_manifest(path)
         out.print(
@@ -454,6 +511,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         out.print(f"files: {files}")
         path = path / ONNX_FILE
     model = load_onnx(path)
+    if args.passes is not None:
+        model, stage = _run_to_stage(model, args.passes, args.dump_after)
+        out.print(f"after {stage}:")
+        if args.output is not None:
+            _save_stage(model, Path(args.output))
+            out.print(f"wrote {args.output} (open it in Netron)")
     inputs, outputs = signature(model)
     stats = model_stats(model)
     io_table = Table(title=f"{path}", title_justify="left")
@@ -496,6 +559,65 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_to_stage(model: Any, passes: str, dump_after: str | None) -> tuple[Any, str]:
+    """Runs ``passes`` (up to and including the pass ``dump_after`` names: a pass name, the
+    pass as written, or its 1-based position) with verification; returns the model and a label."""
+    from compiler.instruments import VerifyInstrument
+    from compiler.pass_manager import PassManager
+    from compiler.pipeline import build_passes, parse_pipeline
+
+    specs = parse_pipeline(passes)
+    end = len(specs)
+    if dump_after is not None:
+        matches = [
+            i
+            for i, spec in enumerate(specs)
+            if dump_after in (spec.name, str(spec)) or dump_after == str(i + 1)
+        ]
+        if not matches:
+            listed = ", ".join(str(spec) for spec in specs) or "none"
+            raise InputError(f"--dump-after {dump_after!r}: no such pass in --passes ({listed})")
+        end = matches[0] + 1
+    run = specs[:end]
+    model = PassManager(build_passes(run), [VerifyInstrument()]).run(model).model
+    label = f"pass {end} of {len(specs)} ({run[-1]})" if run else "no passes"
+    return model, label
+
+
+def _save_stage(model: Any, target: Path) -> None:
+    """Writes ``model`` to ``target`` (and ``target.data`` when large) atomically."""
+    import shutil
+
+    from backends.onnxruntime.writer import save_model
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for written in save_model(model, tmp / target.name):
+            os.replace(written, target.parent / written.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------- bisect
+def cmd_bisect(args: argparse.Namespace) -> int:
+    from compiler.bisect import bisect, describe
+
+    output = args.output or f"{Path(args.model).stem}.repro.onnx"
+    with err.status("running the passes and onnxruntime after each"):
+        result = bisect(
+            args.model,
+            args.passes,
+            tolerance=args.tolerance,
+            output=output,
+            seed=args.seed,
+            dims=_parse_dims(args.dim),
+        )
+    for line in describe(result):
+        out.print(line, soft_wrap=True)
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- main
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -507,8 +629,13 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="compile a model into an artifact folder")
     p.add_argument("model", nargs="?", help="an .onnx file (default: the bundled GPT-2 example)")
     p.add_argument("-o", "--output", help="artifact folder (default: <model>.artifact)")
-    p.add_argument("--target", default="llvm", help="llvm (this CPU, default) or cuda")
+    p.add_argument("--target", help="llvm (this CPU, default) or cuda")
     p.add_argument("--passes", help='text pipeline, e.g. "cleanup,cse"')
+    p.add_argument(
+        "--recipe",
+        help="a recipe file (TOML) or a shipped recipe's name (python -m compiler recipes): "
+        "passes, target, budgets, calibration; options given here override its values",
+    )
     p.add_argument(
         "--pipeline", help="named pipeline: O0 (nothing), O1 (cleanup, default), O2 (+ fuse)"
     )
@@ -521,8 +648,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tolerance",
         type=float,
-        default=1e-3,
-        help="the artifact's allowed error vs onnxruntime running the optimized model",
+        help="the artifact's allowed error vs onnxruntime running the optimized model (1e-3)",
     )
     p.add_argument(
         "--calibration", help="calibration inputs: an .npz (one array per input) or a text file"
@@ -579,11 +705,37 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?")
     p.set_defaults(func=cmd_passes)
 
+    p = sub.add_parser("recipes", help="list the shipped recipes (build --recipe), or show one")
+    p.add_argument("name", nargs="?", help="a shipped recipe's name, or a recipe file")
+    p.set_defaults(func=cmd_recipes)
+
     p = sub.add_parser(
         "inspect", help="ops, parameter bytes, inputs and outputs of a model or artifact"
     )
     p.add_argument("model")
+    p.add_argument("--passes", help="run this text pipeline first and inspect the result")
+    p.add_argument(
+        "--dump-after", metavar="PASS", help="stop after this pass of --passes (name or position)"
+    )
+    p.add_argument("-o", "--output", help="with --passes: write the model to this .onnx file")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser(
+        "bisect", help="find the first pass (and node) whose outputs drift; write a reproducer"
+    )
+    p.add_argument("model", help="an .onnx file")
+    p.add_argument("--passes", required=True, help='text pipeline, e.g. "cleanup,cse"')
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        help="normalized max error allowed (default: each pass's declared tolerance, else 1e-5)",
+    )
+    p.add_argument("-o", "--output", help="reproducer .onnx (default: <model>.repro.onnx)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    p.add_argument(
+        "--dim", action="append", metavar="NAME=INT", help="value of a symbolic dimension"
+    )
+    p.set_defaults(func=cmd_bisect)
     return parser
 
 

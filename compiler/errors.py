@@ -29,6 +29,10 @@ class PipelineError(CompilerError):
     exit_code = 2
 
 
+class RecipeError(PipelineError):
+    """A recipe file is malformed; the message names the file, the line and the problem."""
+
+
 class PassFailedError(CompilerError):
     """A pass raised while running; the message names it and the passes that ran before it."""
 

@@ -169,15 +169,20 @@ class NumericCheckInstrument(Instrument):
     """Compares the reference runtime's outputs after every pass with those of the input model.
 
     A pass may declare ``tolerance`` (normalized max error, see :mod:`compiler.numerics`); others
-    get ``default_tolerance``. The first pass beyond its tolerance raises
-    :class:`NumericDriftError` naming it and the output.
+    get ``default_tolerance``; ``tolerance``, when given, applies to every pass instead. The
+    first pass beyond its tolerance raises :class:`NumericDriftError` naming it and the output.
     """
 
     def __init__(
-        self, inputs: Mapping[str, np.ndarray], *, default_tolerance: float = DEFAULT_TOLERANCE
+        self,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        default_tolerance: float = DEFAULT_TOLERANCE,
+        tolerance: float | None = None,
     ) -> None:
         self.inputs = dict(inputs)
         self.default_tolerance = default_tolerance
+        self.tolerance = tolerance
         self.reference: dict[str, np.ndarray] = {}
         self.records: list[NumericRecord] = []
 
@@ -187,12 +192,17 @@ class NumericCheckInstrument(Instrument):
 
         return run_reference(model, inputs)
 
+    def tolerance_of(self, pass_: ir.passes.PassBase) -> float:
+        if self.tolerance is not None:
+            return self.tolerance
+        return float(getattr(pass_, "tolerance", self.default_tolerance))
+
     def before_pipeline(self, model) -> None:
         self.reference = self._run(model, self.inputs)
 
     def after_pass(self, index, pass_, result) -> None:
         name = pass_name(pass_)
-        tolerance = float(getattr(pass_, "tolerance", self.default_tolerance))
+        tolerance = self.tolerance_of(pass_)
         errors = max_error(self._run(result.model, self.inputs), self.reference)
         self.records.append(NumericRecord(name, errors, tolerance))
         worst = max(errors, key=errors.get) if errors else None

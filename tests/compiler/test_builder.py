@@ -24,6 +24,7 @@ def test_build_writes_a_complete_verified_artifact(tiny_artifact):
         "weights.safetensors",
         "model.onnx",
         "report.json",
+        "report.html",
     }
     assert manifest["inputs"] == [{"name": "x", "dtype": "float32", "shape": [2, 8]}]
     assert manifest["outputs"] == [{"name": "y", "dtype": "float32", "shape": [2, 4]}]

@@ -14,7 +14,9 @@ GPTQ and activation-aware passes need.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -142,15 +144,17 @@ def load_calibration(
 
 @dataclasses.dataclass
 class InputStats:
-    """``XᵀX`` (float64, ``[K, K]``) over ``rows`` rows of one value; mean ``|x|`` per feature;
-    and ``first_gram``, ``XᵀX`` over the first position of every sequence only (``x[..., 0, :]``
-    of each feed's value, or its first row when it is 2-D) — where decoder LLMs keep their
+    """``XᵀX`` (float64, ``[K, K]``) over ``rows`` rows of one value; mean and max ``|x|``
+    per feature; and ``first_gram``, ``XᵀX`` over the first position of every sequence only
+    (``x[..., 0, :]`` of each feed's value, or its first row when it is 2-D) — where decoder LLMs
+    keep their
     attention sink."""
 
     gram: np.ndarray
     abs_mean: np.ndarray
     rows: int
     first_gram: np.ndarray
+    abs_max: np.ndarray
 
 
 def input_gram_matrices(
@@ -172,11 +176,13 @@ def input_gram_matrices(
             entry = stats.get(name)
             if entry is None:
                 abs_sum = np.abs(x).sum(0, dtype=np.float64)
-                stats[name] = InputStats(gram, abs_sum, x.shape[0], first_gram)
+                abs_max = np.abs(x).max(0).astype(np.float64)
+                stats[name] = InputStats(gram, abs_sum, x.shape[0], first_gram, abs_max)
             else:
                 entry.gram += gram
                 entry.first_gram += first_gram
                 entry.abs_mean += np.abs(x).sum(0, dtype=np.float64)
+                np.maximum(entry.abs_max, np.abs(x).max(0), out=entry.abs_max)
                 entry.rows += x.shape[0]
     for entry in stats.values():
         entry.abs_mean /= max(entry.rows, 1)
@@ -196,17 +202,21 @@ def activation_ranges(
 
     ``minmax``: the extremes seen. ``percentile``: the ``100 − p`` and ``p`` percentiles of a
     uniform subsample (at most ``max_samples`` values per value and feed, seeded), which ignores
-    rare outliers that would otherwise stretch an int8 grid.
+    rare outliers that would otherwise stretch an int8 grid. ``entropy``: the clipping threshold
+    ``±T`` whose 128-level quantized histogram is closest (smallest KL divergence) to the
+    measured 2048-bin histogram (TensorRT's entropy calibration, computed by onnxruntime's
+    ``HistogramCollector``), intersected with the extremes seen.
     """
     from backends.onnxruntime.reference import ReferenceSession
 
-    if method not in ("minmax", "percentile"):
+    if method not in ("minmax", "percentile", "entropy"):
         raise InputError(f"unknown activation calibration method {method!r}")
     session = ReferenceSession(model, extra_outputs=list(values))
     rng = np.random.default_rng(0)
     low: dict[str, float] = {}
     high: dict[str, float] = {}
     samples: dict[str, list[np.ndarray]] = {name: [] for name in values}
+    histograms = _EntropyThresholds() if method == "entropy" else None
     for feed in feeds:
         outputs = session.run(feed)
         for name in values:
@@ -217,8 +227,16 @@ def activation_ranges(
                 if x.size > max_samples:
                     x = rng.choice(x, max_samples, replace=False)
                 samples[name].append(x)
+            if histograms is not None:
+                histograms.collect(name, x)
     if method == "minmax":
         return {name: (low[name], high[name]) for name in values}
+    if histograms is not None:
+        thresholds = histograms.thresholds()
+        return {
+            name: (max(low[name], thresholds[name][0]), min(high[name], thresholds[name][1]))
+            for name in values
+        }
     ranges = {}
     for name in values:
         x = np.concatenate(samples[name])
@@ -227,3 +245,71 @@ def activation_ranges(
             float(np.percentile(x, percentile)),
         )
     return ranges
+
+
+class _EntropyThresholds:
+    """Per-value histograms and their KL-optimal symmetric thresholds, by onnxruntime's
+    ``HistogramCollector`` (its progress prints are silenced)."""
+
+    BINS, QUANTIZED_BINS = 2048, 128
+
+    def __init__(self) -> None:
+        from onnxruntime.quantization.calibrate import HistogramCollector
+
+        self.collector = HistogramCollector(
+            method="entropy",
+            symmetric=False,
+            num_bins=self.BINS,
+            num_quantized_bins=self.QUANTIZED_BINS,
+            percentile=99.99,
+            scenario="same",
+        )
+
+    def collect(self, name: str, x: np.ndarray) -> None:
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.collector.collect({name: x})
+
+    def thresholds(self) -> dict[str, tuple[float, float]]:
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = self.collector.compute_collection_result()
+        return {name: (float(entry[0]), float(entry[1])) for name, entry in result.items()}
+
+
+def value_peaks(model: ir.Model, feeds: Iterable[Feed], values: Sequence[str]) -> dict[str, float]:
+    """``max |x|`` of each named float value over the feeds.
+
+    Computed inside the graph — an ``Abs → ReduceMax`` probe per value, added for the session
+    and removed again — so only one scalar per value leaves onnxruntime, not the activations
+    themselves (thousands of values of a 512-token LLM run would not fit in memory).
+    """
+    from backends.onnxruntime.reference import ReferenceSession
+
+    graph = model.graph
+    by_name = {v.name: v for v in graph.inputs}
+    by_name.update({v.name: v for node in graph for v in node.outputs})
+    probes: list[ir.Node] = []
+    outputs: dict[str, ir.Value] = {}
+    for name in values:
+        value = by_name.get(name)
+        if value is None:
+            raise InputError(f"no value named {name!r} in the model")
+        absolute = ir.node("Abs", [value])
+        peak = ir.node("ReduceMax", [absolute.outputs[0]], attributes={"keepdims": 0})
+        peak.outputs[0].name = f"{name}__peak"
+        peak.outputs[0].dtype, peak.outputs[0].shape = value.dtype, ir.Shape([])
+        probes += [absolute, peak]
+        outputs[name] = peak.outputs[0]
+    graph.extend(probes)
+    graph.outputs.extend(outputs.values())
+    try:
+        session = ReferenceSession(model)
+    finally:
+        for value in outputs.values():
+            graph.outputs.remove(value)
+        graph.remove(probes, safe=True)
+    peaks = dict.fromkeys(values, 0.0)
+    for feed in feeds:
+        result = session.run(feed)
+        for name, value in outputs.items():
+            peaks[name] = max(peaks[name], float(np.nan_to_num(result[value.name], posinf=np.inf)))
+    return peaks

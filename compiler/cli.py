@@ -107,6 +107,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             dump_dir=args.dump_dir,
             tolerance=args.tolerance if args.tolerance is not None else DEFAULT_TOLERANCE,
             max_error=args.max_error,
+            metric=args.metric or "max",
             calibration=args.calibration,
             tokenizer=_tokenizer(args.tokenizer),
             dims=_parse_dims(args.dim),
@@ -130,7 +131,9 @@ def _apply_recipe(args: argparse.Namespace) -> None:
 
     recipe = load_recipe(args.recipe)
     args.passes = recipe.pipeline
-    for key in ("target", "max_error", "tolerance", "tuning_db", "calibration", "tokenizer"):
+    for key in (
+        "target", "max_error", "metric", "tolerance", "tuning_db", "calibration", "tokenizer",
+    ):  # fmt: skip
         value = getattr(recipe, key)
         if getattr(args, key) is None and value is not None:
             setattr(args, key, str(value) if isinstance(value, Path) else value)
@@ -271,6 +274,16 @@ def _print_accuracy(accuracy: dict) -> None:
         kept = sum(r["kept"] for r in blocks)
         total = sum(r["features"] for r in blocks)
         out.print(f"pruned {len(blocks)} FFN blocks: {kept} of {total} neurons kept")
+    attention = [r for r in accuracy.get("prune", []) if r.get("mode") == "heads"]
+    if attention:
+        done = [r for r in attention if "heads_kept" in r]
+        kept = sum(len(r["heads_kept"]) for r in done)
+        line = f"pruned heads in {len(done)} attention blocks: {kept} of "
+        line += f"{sum(r['heads'] for r in done)} heads kept"
+        skipped = [r for r in attention if "skipped" in r]
+        if skipped:
+            line += f"; {len(skipped)} blocks skipped (first: {skipped[0]['skipped']})"
+        out.print(line)
     sparse = [r for r in accuracy.get("prune", []) if "sparsity" in r]
     if sparse:
         mean = sum(r["sparsity"] for r in sparse) / len(sparse)
@@ -642,8 +655,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-error",
         type=float,
-        help="accuracy budget of each lossy pass (normalized max error vs the model before it); "
+        help="accuracy budget of each lossy pass (by --metric, vs the model before it); "
         "a pass over it is rolled back",
+    )
+    p.add_argument(
+        "--metric",
+        choices=["max", "perplexity"],
+        help="what --max-error measures: max (normalized max error of the outputs, default) or "
+        "perplexity (a causal LM's relative perplexity increase on the --calibration text)",
     )
     p.add_argument(
         "--tolerance",

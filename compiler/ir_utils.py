@@ -10,6 +10,7 @@ import onnx_ir as ir
 
 __all__ = [
     "add_initializer",
+    "drop_unused",
     "name_selected",
     "read_records",
     "unique_initializer_name",
@@ -52,3 +53,17 @@ def name_selected(name: str | None, include: str, exclude: str) -> bool:
     return (not include or re.search(include, name) is not None) and (
         not exclude or re.search(exclude, name) is None
     )
+
+
+def drop_unused(graph: ir.Graph, values: list[ir.Value]) -> None:
+    """Removes each value's producer node (e.g. a weight's ``Transpose``) or initializer once
+    nothing uses it."""
+    for value in values:
+        if value.uses() or value.is_graph_output():
+            continue
+        producer = value.producer()
+        if producer is not None:
+            if producer.graph is graph:  # (not removed already)
+                graph.remove(producer, safe=True)
+        elif value.is_initializer():
+            graph.initializers.pop(value.name, None)

@@ -27,6 +27,10 @@ __all__ = ["Instrument", "PassContext", "PassManager", "PipelineResult", "pass_n
 
 
 ROLLBACK_ATTEMPTS = 3  # per-layer rollback: a quarter, half, three quarters of the layers kept
+# Up to this many layers, the per-layer rollback measures each layer's sensitivity (the pass
+# applied to that layer alone: one pass run and one model evaluation per layer); beyond, it ranks
+# layers by the errors the pass recorded.
+SENSITIVITY_MAX_LAYERS = 64
 
 
 @dataclasses.dataclass
@@ -120,9 +124,13 @@ class PassManager:
     def _per_layer_rollback(
         self, pass_, name: str, backup: ir.Model, failed: ir.Model
     ) -> ir.passes.PassResult:
-        """Re-runs ``pass_`` from ``backup`` leaving its worst layers (largest recorded error)
-        out, a quarter more each attempt, up to ``ROLLBACK_ATTEMPTS``; the model before the pass
-        if none fits the budget. Needs ``pass_.without_nodes`` and ``pass_.layer_errors``."""
+        """Re-runs ``pass_`` from ``backup`` leaving its worst layers out, a quarter more each
+        attempt, up to ``ROLLBACK_ATTEMPTS``; the model before the pass if none fits the budget.
+        Needs ``pass_.without_nodes`` and ``pass_.layer_errors``.
+
+        "Worst" is the measured sensitivity — the error of the pass applied to that layer alone
+        — for up to ``SENSITIVITY_MAX_LAYERS`` layers, else the error the pass recorded for the
+        layer (local errors partly cancel downstream, so they rank less reliably)."""
         if not (hasattr(pass_, "without_nodes") and hasattr(pass_, "layer_errors")):
             return ir.passes.PassResult(backup, modified=False)
         from compiler.ir_utils import read_records
@@ -130,6 +138,8 @@ class PassManager:
         key = getattr(pass_, "record_key", None)
         before = len(read_records(backup, key)) if key else 0
         errors = pass_.layer_errors(read_records(failed, key)[before:]) if key else {}
+        if 1 < len(errors) <= SENSITIVITY_MAX_LAYERS:
+            errors = self._sensitivities(pass_, backup, set(errors))
         ranked = sorted(errors, key=errors.get, reverse=True)
         step = max(1, len(ranked) // 4)
         for attempt in range(1, ROLLBACK_ATTEMPTS + 1):
@@ -145,6 +155,16 @@ class PassManager:
             if self.accuracy.check(label, backup, result.model, kept_in_float=sorted(skipped)):
                 return result
         return ir.passes.PassResult(backup, modified=False)
+
+    def _sensitivities(self, pass_, backup: ir.Model, layers: set[str]) -> dict[str, float]:
+        """Per layer: the error of ``pass_`` applied to that layer alone."""
+        errors = {}
+        for layer in sorted(layers):
+            alone = pass_.without_nodes(layers - {layer})
+            if hasattr(alone, "context"):
+                alone.context = self.context
+            errors[layer] = self.accuracy.probe(backup, alone(backup.clone()).model)
+        return errors
 
     def _run_one(
         self, index: int, pass_: ir.passes.PassBase, model: ir.Model, before: list[str]

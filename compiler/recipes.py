@@ -1,11 +1,13 @@
 """Recipes: TOML files that name a build's passes with their options, target and budgets.
 
-A recipe is what ``--passes``, ``--target``, ``--max-error``, ``--tolerance``, ``--calibration``,
-``--tokenizer``, ``--tuning-db`` and ``--dim`` say on a command line, kept in a file::
+A recipe is what ``--passes``, ``--target``, ``--max-error``, ``--metric``, ``--tolerance``,
+``--calibration``, ``--tokenizer``, ``--tuning-db`` and ``--dim`` say on a command line, kept in a
+file::
 
     # int4 weights for an LLM on this CPU        <- the first comment line describes the recipe
     target = "llvm"                               # or "cuda", or a table [target] kind = "cuda"
     max_error = 0.5                               # optional: accuracy budget of each lossy pass
+    metric = "max"                                # optional: or "perplexity" (causal LMs)
     tolerance = 1e-3                              # optional: artifact vs onnxruntime
     tuning_db = "db/"                             # optional
     [calibration]                                 # optional
@@ -42,6 +44,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from compiler.accuracy import METRICS
 from compiler.errors import PipelineError, RecipeError
 from compiler.pass_registry import PassOption, PassRegistry, default_registry
 from compiler.pipeline import NAMED_PIPELINES, PassSpec, format_pipeline
@@ -51,7 +54,9 @@ __all__ = ["Recipe", "description_of", "load_recipe", "parse_recipe", "shipped_r
 # Tokenizers the command line knows by name (``--tokenizer``); anything else is a folder.
 NAMED_TOKENIZERS = ("smollm2", "minilm")
 
-_TOP_LEVEL = ("target", "max_error", "tolerance", "tuning_db", "calibration", "dims", "passes")
+_TOP_LEVEL = (
+    "target", "max_error", "metric", "tolerance", "tuning_db", "calibration", "dims", "passes",
+)  # fmt: skip
 _CALIBRATION = ("file", "tokenizer")
 _TOML_TYPE = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
@@ -66,6 +71,7 @@ class Recipe:
     passes: tuple[PassSpec, ...]
     target: str | dict[str, Any] | None = None
     max_error: float | None = None
+    metric: str | None = None  # what max_error measures: "max" or "perplexity"
     tolerance: float | None = None
     tuning_db: Path | None = None
     calibration: Path | None = None
@@ -84,7 +90,7 @@ class Recipe:
         (``python -m compiler build --recipe`` does) and pass ``tokenizer=`` yourself.
         """
         kwargs: dict[str, Any] = {"passes": self.pipeline}
-        for key in ("target", "max_error", "tolerance", "tuning_db", "calibration"):
+        for key in ("target", "max_error", "metric", "tolerance", "tuning_db", "calibration"):
             value = getattr(self, key)
             if value is not None:
                 kwargs[key] = value
@@ -231,6 +237,13 @@ class _Parser:
                 if not value > 0:
                     raise self.error(f"{key} must be positive, got {data[key]!r}", (), key)
                 fields[key] = value
+        if "metric" in data:
+            metric = self.typed(data["metric"], str, "metric", (), "metric")
+            if metric not in METRICS:
+                raise self.error(
+                    f"metric must be one of {', '.join(METRICS)}, got {metric!r}", (), "metric"
+                )
+            fields["metric"] = metric
         if "tuning_db" in data:
             fields["tuning_db"] = self.resolve(
                 self.typed(data["tuning_db"], str, "tuning_db", (), "tuning_db")

@@ -27,14 +27,21 @@ Methods (``method=``):
   ``first_weight`` (each term normalized by its mean diagonal): v_proj then reaches 38.7 and
   the whole model 46.2 instead of 60.5 for asymmetric RTN (4 held-out windows, ``tools/eval``).
 
-Options: ``bits`` (4 or 8), ``group`` (columns per scale; a power of two ≥ 16, or 0 for one scale
-per output channel), ``symmetric``, ``include``/``exclude`` (regular expressions searched in node
-names; empty includes everything / excludes nothing), ``damp`` (GPTQ's diagonal damping),
-``samples`` (calibration samples to use; 0 = all), ``first_weight`` (see ``gptq``),
-``embeddings``, and for W8A8 (int8 weights
-*and* activations, :mod:`passes.quantize.w8a8`; needs ``bits=8, group=0``) ``activations``
-(``dynamic`` or ``static``), ``ranges`` (static calibration: ``minmax`` or ``percentile``) and
-``percentile``.
+Options:
+
+* ``bits`` (4 or 8), ``group`` (columns per scale; a power of two ≥ 16, or 0 for one scale per
+  output channel), ``symmetric``, ``method`` (above), ``damp`` (GPTQ's diagonal damping),
+  ``samples`` (calibration samples to use; 0 = all), ``first_weight`` (see ``gptq``);
+* selection: ``include``/``exclude`` (regular expressions searched in node names; empty includes
+  everything / excludes nothing), ``ops`` (a regular expression searched in op types —
+  ``Gemm``, ``'MatMul|Gather'``; empty: MatMul, Gemm and, with ``embeddings``, embedding
+  Gathers);
+* W8A8 (int8 weights *and* activations, :mod:`passes.quantize.w8a8`; needs ``bits=8, group=0``):
+  ``activations`` (``dynamic`` or ``static``), ``ranges`` (static calibration: ``minmax``,
+  ``percentile`` or ``entropy``) with ``percentile``, ``granularity`` (``tensor``: one activation
+  scale per tensor; ``token``: one grid per row, computed at run time, with
+  ``activations=dynamic``) and ``smooth`` (SmoothQuant's α, :mod:`passes.quantize.smooth`: moves
+  activation outliers into the weights first; 0 = off; needs calibration).
 
 The pass records, per quantized layer, the relative weight error ``‖W − Ŵ‖/‖W‖`` and — with
 calibration data — the relative output error ``√(tr(ΔW H ΔWᵀ) / tr(W H Wᵀ))`` (``H``: the
@@ -53,10 +60,17 @@ import numpy as np
 import onnx_ir as ir
 
 from compiler.errors import InputError
-from compiler.ir_utils import add_initializer, name_selected, read_records, write_records
+from compiler.ir_utils import (
+    add_initializer,
+    drop_unused,
+    name_selected,
+    read_records,
+    write_records,
+)
 from passes.quantize.gptq import quantize_gptq
 from passes.quantize.grid import QuantizedWeight, quantize_rtn
 from passes.quantize.matmul_nbits import block_size_for, pack_matmul_nbits
+from passes.quantize.smooth import smooth_inputs
 from passes.quantize.w8a8 import activation_grid, emit_w8a8
 
 __all__ = ["RECORD_KEY", "QuantizePass", "quantize_records"]
@@ -163,27 +177,45 @@ class QuantizePass(ir.passes.InPlacePass):
         method: Literal["rtn", "gptq"] = "rtn",
         include: str = "",
         exclude: str = "",
+        ops: str = "",
         damp: float = 0.01,
         samples: int = 0,
         embeddings: bool = True,
         activations: Literal["none", "dynamic", "static"] = "none",
-        ranges: Literal["minmax", "percentile"] = "minmax",
+        ranges: Literal["minmax", "percentile", "entropy"] = "minmax",
         percentile: float = 99.99,
         first_weight: float = 0.1,
+        smooth: float = 0.0,
+        granularity: Literal["tensor", "token"] = "tensor",
     ) -> None:
         super().__init__()
         if group != 0 and (group < 16 or group & (group - 1)):
             raise InputError(f"quantize: group must be 0 or a power of two >= 16, not {group}")
-        for option, pattern in (("include", include), ("exclude", exclude)):
+        for option, pattern in (("include", include), ("exclude", exclude), ("ops", ops)):
             try:
                 re.compile(pattern)
             except re.error as e:
                 raise InputError(f"quantize: {option}={pattern!r} is not a regex: {e}") from e
         self.bits, self.group, self.symmetric, self.method = bits, group, symmetric, method
         self.include, self.exclude, self.damp, self.samples = include, exclude, damp, samples
+        self.ops = ops
         self.embeddings = embeddings
         self.activations, self.ranges, self.percentile = activations, ranges, percentile
         self.first_weight = first_weight
+        if not 0.0 <= smooth <= 1.0:
+            raise InputError(f"quantize: smooth is SmoothQuant's alpha in [0, 1], not {smooth}")
+        if smooth and activations == "none":
+            raise InputError(
+                "quantize(smooth=...) migrates activation outliers for W8A8: give "
+                "activations=dynamic or static"
+            )
+        self.smooth = smooth
+        if granularity == "token" and activations != "dynamic":
+            raise InputError(
+                "quantize(granularity=token) computes a scale per token at run time: "
+                "give activations=dynamic"
+            )
+        self.granularity = granularity
         if activations != "none" and (bits, group, symmetric) != (8, 0, True):
             raise InputError(
                 f"quantize(activations={activations}) quantizes weights to int8 per channel: "
@@ -217,12 +249,19 @@ class QuantizePass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         targets = [
-            t for t in _targets(graph, self.include, self.exclude) if t.node.name not in self.skip
+            t
+            for t in _targets(graph, self.include, self.exclude)
+            if t.node.name not in self.skip and re.search(self.ops, t.node.op_type)
         ]
         tables = _gather_targets(graph, self.include, self.exclude) if self.embeddings else []
-        tables = [(node, table) for node, table in tables if node.name not in self.skip]
+        tables = [
+            (node, table)
+            for node, table in tables
+            if node.name not in self.skip and re.search(self.ops, node.op_type)
+        ]
         if not targets and not tables:
             return ir.passes.PassResult(model, modified=False)
+        smoothing = self._smooth(model, targets)
         grams = self._grams(model, targets)
         ranges = self._activation_ranges(model, targets)
         model.opset_imports.setdefault(MS_DOMAIN, 1)
@@ -239,19 +278,33 @@ class QuantizePass(ir.passes.InPlacePass):
                 _replace(graph, target, _dequantize_nodes(graph, target, quantized))
             else:
                 _replace(graph, target, self._nbits_nodes(graph, target, quantized))
-            records.append(self._record(node, target.sources[-1], target.weight, quantized, gram))
+            record = self._record(node, target.sources[-1], target.weight, quantized, gram)
+            records.append({**record, **smoothing.get(node.name, {})})
         for node, table in tables:
             weight = table.const_value.numpy()
             quantized = by_table.get(id(table)) or quantize_rtn(
                 weight, self.bits, self.group, symmetric=self.symmetric
             )
             self._replace_gather(graph, node, table, quantized)
-            _drop_unused(graph, [table])
+            drop_unused(graph, [table])
             record = self._record(node, table, weight, quantized, None)
             record["method"] = "tied" if id(table) in by_table else "rtn"
             records.append(record)
         write_records(model, RECORD_KEY, records)
         return ir.passes.PassResult(model, modified=True)
+
+    def _smooth(self, model: ir.Model, targets: list[_Target]) -> dict[str, dict]:
+        """SmoothQuant (:mod:`passes.quantize.smooth`): rescales the targets' inputs and weights
+        in place; the per-node records."""
+        if not self.smooth:
+            return {}
+        from compiler.calibration import calibration_feeds, input_gram_matrices
+
+        feeds = calibration_feeds(self.context, "quantize(smooth=...)", self.samples)
+        names = sorted({t.node.inputs[0].name for t in targets})
+        stats = input_gram_matrices(model, feeds, names)
+        x_max = {name: entry.abs_max for name, entry in stats.items()}
+        return smooth_inputs(model.graph, targets, x_max, self.smooth)
 
     def _activation_ranges(
         self, model: ir.Model, targets: list[_Target]
@@ -291,7 +344,9 @@ class QuantizePass(ir.passes.InPlacePass):
         if self.activations == "static":
             activation = activation_grid(*ranges[node.inputs[0].name])
         stem = target.sources[-1].name or node.name
-        _replace(graph, target, emit_w8a8(graph, node, quantized, stem, activation))
+        per_token = self.granularity == "token"
+        nodes = emit_w8a8(graph, node, quantized, stem, activation, per_token=per_token)
+        _replace(graph, target, nodes)
 
     def without_nodes(self, names: set[str]) -> QuantizePass:
         """This pass, leaving the named nodes in float (the pass manager's per-layer rollback)."""
@@ -319,6 +374,7 @@ class QuantizePass(ir.passes.InPlacePass):
             "symmetric": self.symmetric,
             "method": self.method,
             "activations": self.activations,
+            **({"granularity": self.granularity} if self.activations == "dynamic" else {}),
             "weight_error": _relative(delta, weight, None),
             "output_error": _relative(delta, weight, gram) if gram is not None else None,
         }
@@ -414,17 +470,4 @@ def _replace(graph: ir.Graph, target: _Target, nodes: list[ir.Node]) -> None:
     ir.convenience.replace_nodes_and_values(
         graph, node, [node], nodes, node.outputs, nodes[-1].outputs
     )
-    _drop_unused(graph, target.sources)
-
-
-def _drop_unused(graph: ir.Graph, values: list[ir.Value]) -> None:
-    """Removes the weight's Transpose and initializer once nothing uses them."""
-    for value in values:
-        if value.uses() or value.is_graph_output():
-            continue
-        producer = value.producer()
-        if producer is not None:
-            if producer.graph is graph:  # (not removed already)
-                graph.remove(producer, safe=True)
-        elif value.is_initializer():
-            graph.initializers.pop(value.name, None)
+    drop_unused(graph, target.sources)

@@ -7,6 +7,7 @@ import collections
 
 import numpy as np
 import onnx_ir as ir
+import onnx_ir.passes.common
 import pytest
 
 from compiler.accuracy import AccuracyBudget
@@ -99,3 +100,103 @@ def test_over_budget_quantize_is_retried_with_its_worst_layers_in_float():
     assert all(ops[name] == "MatMul" for name in final.kept_in_float)
     assert sum(op == "MatMulNBits" for op in ops.values()) == 4 - len(final.kept_in_float)
     assert result.applied == [("quantize", True)]
+
+
+def test_the_rollback_keeps_the_most_sensitive_layer_measured_alone():
+    from passes.quantize import QuantizePass
+
+    model = linear_model(8, 64, 64, layers=4)
+    layers = {f"linear{i}" for i in range(4)}
+    probe = AccuracyBudget(_feeds(2), budget=1.0)
+    alone = {
+        name: probe.probe(model, QuantizePass(bits=4, group=32).without_nodes(layers - {name})(
+            model.clone()).model)
+        for name in sorted(layers)
+    }  # fmt: skip
+    budget = AccuracyBudget(_feeds(2), budget=0.25)
+    PassManager(build_passes("quantize(bits=4,group=32)"), accuracy=budget).run(model)
+    first, retry = budget.records  # one retry suffices: 0.31 -> 0.248
+    assert first.rolled_back and not retry.rolled_back
+    assert retry.kept_in_float == [max(alone, key=alone.get)]
+
+
+def _bigram_lm(vocab: int = 64, k: int = 32) -> ir.Model:
+    """``logits = E[input_ids] · W``: the smallest causal LM (a bigram model)."""
+    rng = np.random.default_rng(0)
+    ids = ir.Value(name="input_ids", shape=ir.Shape([1, 16]), type=ir.TensorType(ir.DataType.INT64))
+    inits = []
+    for name, shape in (("embedding", (vocab, k)), ("head", (k, vocab))):
+        array = rng.standard_normal(shape).astype(np.float32)
+        value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+        value.shape, value.dtype = ir.Shape(shape), ir.DataType.FLOAT
+        inits.append(value)
+    gather = ir.node("Gather", [inits[0], ids], name="embed")
+    head = ir.node("MatMul", [gather.outputs[0], inits[1]], name="lm_head")
+    head.outputs[0].name = "logits"
+    graph = ir.Graph(
+        [ids], [head.outputs[0]], nodes=[gather, head], initializers=inits, opset_imports={"": 18}
+    )
+    model = ir.Model(graph, ir_version=10)
+    ir.passes.common.ShapeInferencePass()(model)
+    return model
+
+
+def test_perplexity_is_the_exponentiated_next_token_loss():
+    from compiler.accuracy import perplexity
+
+    ids = np.array([[3, 1, 4, 1, 5]])
+    uniform = {"logits": np.zeros((1, 5, 8), np.float32)}
+    assert perplexity([uniform], [{"input_ids": ids}]) == pytest.approx(8.0)
+    sure = np.full((1, 5, 8), -30.0, np.float32)
+    sure[0, np.arange(4), ids[0, 1:]] = 30.0  # each position predicts the next token
+    assert perplexity([{"logits": sure}], [{"input_ids": ids}]) == pytest.approx(1.0)
+
+
+def test_a_perplexity_budget_measures_the_relative_increase():
+    from compiler.accuracy import perplexity
+
+    model = _bigram_lm()
+    rng = np.random.default_rng(1)
+    feeds = [{"input_ids": rng.integers(0, 64, (1, 16))} for _ in range(3)]
+    budget = AccuracyBudget(feeds, budget=10.0, metric="perplexity")
+    result = PassManager(build_passes("quantize(bits=4,group=16)"), accuracy=budget).run(
+        model.clone()
+    )
+    (record,) = budget.records
+    expected = perplexity(_outputs(result.model, feeds), feeds) / perplexity(
+        _outputs(model, feeds), feeds
+    )
+    assert record.error == pytest.approx(expected - 1.0, rel=1e-6) and record.error != 0
+    with pytest.raises(Exception, match="metric"):
+        AccuracyBudget(feeds, 1.0, metric="bleu")
+    with pytest.raises(Exception, match="input_ids"):
+        AccuracyBudget([{"x": np.zeros((1, 4), np.float32)}], 1.0, metric="perplexity").error(
+            [{"logits": np.zeros((1, 4, 3))}], [{"logits": np.zeros((1, 4, 3))}]
+        )
+
+
+def _outputs(model, feeds):
+    from compiler.accuracy import outputs_on
+
+    return outputs_on(model, feeds)
+
+
+def test_build_reports_perplexity_with_a_perplexity_budget(tmp_path):
+    model = _bigram_lm()
+    rng = np.random.default_rng(2)
+    calibration = Calibration([{"input_ids": rng.integers(0, 64, (1, 16))} for _ in range(2)], "t")
+    result = build(
+        model,
+        tmp_path / "lm",
+        passes="quantize(bits=8,group=0)",
+        calibration=calibration,
+        max_error=0.05,
+        metric="perplexity",
+    )
+    accuracy = result.report["accuracy"]
+    assert accuracy["metric"] == "perplexity"
+    ppl = accuracy["perplexity"]
+    assert accuracy["error_vs_input_model"] == pytest.approx(
+        ppl["optimized_model"] / ppl["input_model"] - 1.0
+    )
+    assert abs(accuracy["error_vs_input_model"]) < 0.05

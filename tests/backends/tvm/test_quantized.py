@@ -100,7 +100,10 @@ def test_quantized_embedding_and_tied_head_share_one_packed_matrix(bits, symmetr
     assert sum(1 for p in compiled.params if p.dtype == np.uint8) == 1  # one set of codes
 
 
-@pytest.mark.parametrize("activations", ["dynamic", "static"])
+@pytest.mark.parametrize(
+    "activations",
+    ["dynamic", "static", "dynamic,granularity=token", "dynamic,granularity=token,smooth=0.5"],
+)
 def test_w8a8_runs_on_packed_int8_weights(activations):
     from compiler.calibration import Calibration
     from compiler.pass_manager import PassContext

@@ -66,6 +66,18 @@ def test_include_and_exclude_select_nodes_by_name():
     assert _ops(not_last)["MatMulNBits"] == 2 and _ops(not_last)["MatMul"] == 1
 
 
+def test_ops_selects_by_op_type():
+    tied = linear_model(4, 32, 64, form="tied")  # a Gather and a MatMul read one table
+    head_only = _run(tied.clone(), "quantize(ops=MatMul)")
+    assert _ops(head_only)["MatMulNBits"] == 1 and _ops(head_only)["Gather"] == 1
+    table_only = _run(tied.clone(), "quantize(ops=Gather)")
+    assert _ops(table_only)["GatherBlockQuantized"] == 1 and _ops(table_only)["MatMul"] == 1
+    gemm = linear_model(4, 32, 32, form="gemm")
+    assert _ops(_run(gemm.clone(), "quantize(ops='MatMul$')"))["Gemm"] == 1  # nothing matched
+    with pytest.raises(InputError, match="ops="):
+        QuantizePass(ops="(")
+
+
 def test_records_per_layer_errors_and_drops_the_fp32_weights():
     model = linear_model(4, 64, 64, layers=2)
     fp32_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values())
@@ -173,6 +185,17 @@ def test_static_w8a8_calibrates_the_activation_grid():
         "x"
     ]
     assert low < pct_low < pct_high < high  # percentiles clip the tails
+    ent_low, ent_high = activation_ranges(model, feeds, ["x"], method="entropy")["x"]
+    assert low < ent_low < 0 < ent_high < high  # the KL-optimal threshold clips too
+    entropy = _run(
+        model.clone(),
+        "quantize(bits=8,group=0,activations=static,ranges=entropy)",
+        Calibration(feeds, "t"),
+    )
+    (q,) = [n for n in entropy.graph if n.op_type == "QuantizeLinear"]
+    assert (q.inputs[1].const_value.numpy(), q.inputs[2].const_value.numpy()) == activation_grid(
+        ent_low, ent_high
+    )
 
 
 def test_w8a8_needs_int8_per_channel_weights_and_static_needs_calibration():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,8 +54,13 @@ class Calibration:
 
 def _load_npz(path: Path, model: ir.Model) -> list[Feed]:
     inputs, _ = signature(model)
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {name: data[name] for name in data.files}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except ValueError as e:  # object arrays: numpy refuses to unpickle them
+        raise InputError(f"{path}: holds object arrays (pickles), which are not loaded: {e}") from e
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise InputError(f"{path}: not a readable .npz file: {e}") from e
     missing = [s.name for s in inputs if s.name not in arrays]
     if missing:
         raise InputError(f"{path}: no array for the model input(s) {missing}; has {sorted(arrays)}")

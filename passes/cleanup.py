@@ -160,13 +160,27 @@ def _make_initializers_contiguous(model: ir.Model) -> None:
             value.const_value = ir.tensor(np.ascontiguousarray(raw), name=tensor.name)
 
 
-class IdentityEliminationPass(ir.passes.InPlacePass):
-    """Removes ``Identity`` nodes, renaming graph outputs back when an output was an Identity."""
+class IdentityEliminationPass(common.IdentityEliminationPass):
+    """Removes ``Identity`` nodes, renaming graph outputs back when an output was an Identity.
+
+    onnx_ir's pass, except that ``y = Identity(x)`` is kept when both ``x`` and ``y`` are graph
+    outputs: one value cannot carry two output names, and onnx_ir 1.1 renames ``x`` to ``y``,
+    dropping output ``x`` (found by tests/robustness/test_lossless_properties.py).
+    """
 
     name = "eliminate-identity"
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return common.IdentityEliminationPass()(model)
+    def _try_eliminate_identity_node(self, node: ir.Node) -> bool:
+        if (
+            node.op_type == "Identity"
+            and node.domain == ""
+            and len(node.inputs) == 1
+            and node.inputs[0] is not None
+            and node.inputs[0].is_graph_output()
+            and node.outputs[0].is_graph_output()
+        ):
+            return False
+        return super()._try_eliminate_identity_node(node)
 
 
 class ShapeInferencePass(ir.passes.InPlacePass):

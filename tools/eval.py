@@ -47,8 +47,15 @@ MINILM_RECIPES = {
     "w8a8-dynamic": "cleanup,quantize(bits=8,group=0,activations=dynamic)",
     "w8a8-static": "cleanup,quantize(bits=8,group=0,activations=static)",
     "w8a8-static-pct": "cleanup,quantize(bits=8,group=0,activations=static,ranges=percentile)",
+    "w8a8-token": "cleanup,quantize(bits=8,group=0,activations=dynamic,granularity=token)",
+    "w8a8-token-smooth": (
+        "cleanup,quantize(bits=8,group=0,activations=dynamic,granularity=token,smooth=0.5,"
+        "method=gptq)"
+    ),
+    "fp16-act": "cleanup,cast(dtype=fp16,activations=true)",
     "lowrank1": "cleanup,lowrank(budget=0.01)",
     "lowrank1-act": "cleanup,lowrank(budget=0.01,method=activation)",
+    "prune-heads25": "cleanup,prune(mode=heads,ratio=0.25,score=wanda)",
 }
 RECIPES = {
     "fp32": "cleanup",
@@ -56,6 +63,7 @@ RECIPES = {
     "int4-rtn": "cleanup,quantize(bits=4,group=128)",
     "int4-gptq": "cleanup,quantize(bits=4,group=128,method=gptq,symmetric=false)",
     "prune25": "cleanup,prune(ratio=0.25,score=wanda)",
+    "prune-heads25": "cleanup,prune(mode=heads,ratio=0.25,score=wanda)",
     "bf16": "cleanup,cast(dtype=bf16)",
     "fp16": "cleanup,cast(dtype=fp16)",
 }
@@ -266,6 +274,7 @@ def eval_minilm(args, out: Path) -> dict:
             "gflops": built.report["output_model"]["flops"] / 1e9,
             "latency_ms": statistics.median(seconds) * 1e3,
             "accuracy": built.report.get("accuracy", {}).get("error_vs_input_model"),
+            "verification": built.report.get("verification"),
             "lowrank_applied": sum(
                 r["applied"] for r in built.report.get("accuracy", {}).get("lowrank", [])
             ),
@@ -347,6 +356,7 @@ def eval_smollm2(args, out: Path, save) -> dict:
             "parameters": built.report["output_model"]["parameters"],
             "weight_bytes": weight_bytes(artifact),
             "accuracy": built.report.get("accuracy", {}).get("error_vs_input_model"),
+            "verification": built.report.get("verification"),
         }
         if recipe in args.decode.split(","):
             entry["decode_step_ms"] = decode_latency(recipe, out, args.runs) * 1e3

@@ -1,6 +1,6 @@
-"""Dead-weight elimination: structured pruning of FFN neurons that physically shrinks tensors
-(``prune``), and unstructured magnitude pruning reported as sparsity
-(``prune(mode=unstructured)``)."""
+"""Dead-weight elimination: structured pruning of FFN neurons (``prune``) or attention heads
+(``prune(mode=heads)``, GQA-aware) that physically shrinks tensors, and unstructured magnitude
+pruning reported as sparsity (``prune(mode=unstructured)``)."""
 
 from __future__ import annotations
 

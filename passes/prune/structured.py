@@ -25,7 +25,11 @@ magnitudes become 0. Dense kernels do not skip zeros, so this saves nothing at r
 artifact; the report says so and gives the sparsity, for use with a sparse backend or as a
 compression-friendly preprocessing.
 
-Records per block (``compiler.prune`` metadata): the down node, ``F``, neurons kept, score.
+**Attention heads** (``mode=heads``): whole heads removed, respecting grouped-query attention
+(``unit=query|group``); see :mod:`passes.prune.heads`.
+
+Records per block (``compiler.prune`` metadata): the down node, ``F``, neurons kept, score; for
+heads, the O projection, head counts, the heads kept, or why a block was skipped.
 """
 
 from __future__ import annotations
@@ -37,11 +41,19 @@ import numpy as np
 import onnx_ir as ir
 
 from compiler.errors import InputError
-from compiler.ir_utils import add_initializer, read_records, write_records
+from compiler.ir_utils import write_records
+from passes.prune import heads
+from passes.prune.common import (
+    RECORD_KEY,
+    Linear,
+    const,
+    linear,
+    prune_records,
+    replace_tensor,
+    slice_constant,
+)
 
 __all__ = ["RECORD_KEY", "PrunePass", "prune_records"]
-
-RECORD_KEY = "compiler.prune"
 
 # Ops that act on each feature independently (with scalar or per-feature constant operands).
 ELEMENTWISE = {
@@ -53,53 +65,17 @@ ELEMENTWISE = {
 
 
 @dataclasses.dataclass
-class _Linear:
-    """A MatMul/Gemm with a constant weight, and which weight axis holds the FFN features."""
-
-    node: ir.Node
-    weight: ir.Value
-    feature_axis: int  # axis of ``weight`` indexed by neuron
-    bias: ir.Value | None = None  # Gemm C, indexed by neuron (up projections only)
-
-
-def _const(value: ir.Value | None) -> np.ndarray | None:
-    if value is None or value.const_value is None:
-        return None
-    return value.const_value.numpy()
-
-
-def _linear(node: ir.Node, *, as_input: bool) -> _Linear | None:
-    """``node`` as an up (``as_input=False``: features = outputs) or down projection."""
-    if node.domain not in ("", "ai.onnx") or node.op_type not in ("MatMul", "Gemm"):
-        return None
-    weight = node.inputs[1]
-    w = _const(weight)
-    if w is None or w.ndim != 2 or not weight.is_initializer():
-        return None
-    trans_b = node.op_type == "Gemm" and node.attributes.get_int("transB", 0)
-    if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
-        return None
-    # MatMul/Gemm(transB=0): weight [in, out]; Gemm(transB=1): weight [out, in].
-    out_axis = 0 if trans_b else 1
-    axis = (1 - out_axis) if as_input else out_axis
-    bias = node.inputs[2] if node.op_type == "Gemm" and len(node.inputs) > 2 else None
-    if bias is not None and as_input:
-        bias = None  # D's bias is indexed by its outputs, which do not change
-    return _Linear(node, weight, axis, bias)
-
-
-@dataclasses.dataclass
 class _Block:
-    down: _Linear
-    ups: list[_Linear]
+    down: Linear
+    ups: list[Linear]
     inner: list[ir.Node]  # elementwise nodes between
     features: int
     per_feature: list[ir.Value]  # constants with a last axis of F (sliced with the neurons)
 
 
-def _find_block(down: _Linear) -> _Block | None:
-    features = _const(down.weight).shape[down.feature_axis]
-    ups: list[_Linear] = []
+def _find_block(down: Linear) -> _Block | None:
+    features = const(down.weight).shape[down.feature_axis]
+    ups: list[Linear] = []
     inner: list[ir.Node] = []
     per_feature: list[ir.Value] = []
     seen: set[int] = set()
@@ -112,8 +88,8 @@ def _find_block(down: _Linear) -> _Block | None:
         node = value.producer()
         if node is None:
             return None
-        up = _linear(node, as_input=False)
-        if up is not None and _const(up.weight).shape[up.feature_axis] == features:
+        up = linear(node, as_input=False)
+        if up is not None and const(up.weight).shape[up.feature_axis] == features:
             ups.append(up)
             continue
         if (node.domain, node.op_type) not in ELEMENTWISE:
@@ -122,7 +98,7 @@ def _find_block(down: _Linear) -> _Block | None:
         for operand in node.inputs:
             if operand is None:
                 continue
-            array = _const(operand)
+            array = const(operand)
             if array is None:
                 stack.append(operand)
             elif array.size == 1:
@@ -144,13 +120,9 @@ def _find_block(down: _Linear) -> _Block | None:
     return block
 
 
-def prune_records(model: ir.Model) -> list[dict]:
-    """The per-block records the ``prune`` pass left in ``model``'s metadata."""
-    return read_records(model, RECORD_KEY)
-
-
 class PrunePass(ir.passes.InPlacePass):
-    """Removes FFN neurons (structured) or zeroes small weights (unstructured)."""
+    """Removes FFN neurons (structured), attention heads (``mode=heads``) or zeroes small
+    weights (unstructured)."""
 
     name = "prune"
     lossy = True
@@ -159,10 +131,11 @@ class PrunePass(ir.passes.InPlacePass):
         self,
         *,
         ratio: float = 0.25,
-        mode: Literal["neurons", "unstructured"] = "neurons",
+        mode: Literal["neurons", "heads", "unstructured"] = "neurons",
         score: Literal["magnitude", "wanda"] = "magnitude",
         multiple: int = 32,
         samples: int = 0,
+        unit: Literal["query", "group"] = "query",
     ) -> None:
         super().__init__()
         if not 0.0 <= ratio < 1.0:
@@ -170,7 +143,7 @@ class PrunePass(ir.passes.InPlacePass):
         if multiple < 1:
             raise InputError(f"prune: multiple must be >= 1, not {multiple}")
         self.ratio, self.mode, self.score, self.multiple = ratio, mode, score, multiple
-        self.samples = samples
+        self.samples, self.unit = samples, unit
         self.context = None  # set by the pass manager: calibration data (score=wanda)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -178,15 +151,17 @@ class PrunePass(ir.passes.InPlacePass):
             return ir.passes.PassResult(model, modified=False)
         if self.mode == "unstructured":
             return self._unstructured(model)
+        if self.mode == "heads":
+            return self._heads(model)
         blocks = []
         for node in model.graph:
-            down = _linear(node, as_input=True)
+            down = linear(node, as_input=True)
             block = _find_block(down) if down is not None else None
             if block is not None:
                 blocks.append(block)
         if not blocks:
             return ir.passes.PassResult(model, modified=False)
-        activity = self._activity(model, blocks)
+        activity = self._activity(model, [b.down.node.inputs[0].name for b in blocks])
         records = prune_records(model)
         for block in blocks:
             keep = self._keep(block, activity.get(block.down.node.inputs[0].name))
@@ -203,24 +178,54 @@ class PrunePass(ir.passes.InPlacePass):
         write_records(model, RECORD_KEY, records)
         return ir.passes.PassResult(model, modified=True)
 
-    def _activity(self, model: ir.Model, blocks: list[_Block]) -> dict[str, np.ndarray]:
+    def _activity(self, model: ir.Model, names: list[str]) -> dict[str, np.ndarray]:
+        """Mean ``|x|`` per feature of the named values on the calibration data (wanda)."""
         if self.score != "wanda":
             return {}
         from compiler.calibration import calibration_feeds, input_gram_matrices
 
         feeds = calibration_feeds(self.context, "prune(score=wanda)", self.samples)
-        names = sorted({b.down.node.inputs[0].name for b in blocks})
-        stats = input_gram_matrices(model, feeds, names)
+        stats = input_gram_matrices(model, feeds, sorted(set(names)))
         return {name: s.abs_mean for name, s in stats.items()}
 
+    def _heads(self, model: ir.Model) -> ir.passes.PassResult:
+        blocks, skipped = heads.find_attention_blocks(model.graph, self.unit)
+        activity = self._activity(model, [b.out_input.name for b in blocks]) if blocks else {}
+        records = prune_records(model)
+        changed = False
+        for block in blocks:
+            scores = heads.head_scores(block, activity.get(block.out_input.name))
+            kept_q, kept_kv = heads.select_heads(block, scores, self.ratio, self.unit)
+            record = {
+                "node": block.out.node.name,
+                "mode": "heads",
+                "unit": self.unit if block.group_size > 1 else "head",
+                "heads": block.heads,
+                "kv_heads": block.kv_heads,
+                "head_dim": block.head_dim,
+                "score": self.score,
+            }
+            if len(kept_q) == block.heads:
+                record["skipped"] = f"ratio {self.ratio} removes no head of this block"
+            else:
+                heads.prune_block(model.graph, block, kept_q, kept_kv)
+                record["heads_kept"] = kept_q.tolist()
+                record["kv_heads_kept"] = kept_kv.tolist()
+                record["projections"] = [s.projection.node.name for s in block.spaces]
+                changed = True
+            records.append(record)
+        records.extend(skipped)
+        write_records(model, RECORD_KEY, records)
+        return ir.passes.PassResult(model, modified=changed)
+
     def _keep(self, block: _Block, activity: np.ndarray | None) -> np.ndarray:
-        down = _const(block.down.weight)
+        down = const(block.down.weight)
         out_norm = np.linalg.norm(np.moveaxis(down, block.down.feature_axis, 0), axis=1)
         if activity is not None:
             scores = out_norm * activity
         else:
             in_norm = sum(
-                np.linalg.norm(np.moveaxis(_const(u.weight), u.feature_axis, 0), axis=1)
+                np.linalg.norm(np.moveaxis(const(u.weight), u.feature_axis, 0), axis=1)
                 for u in block.ups
             )
             scores = out_norm * in_norm
@@ -233,13 +238,13 @@ class PrunePass(ir.passes.InPlacePass):
         records = prune_records(model)
         changed = False
         for node in model.graph:
-            linear = _linear(node, as_input=True)
-            if linear is None or len(linear.weight.uses()) != 1:
+            proj = linear(node, as_input=True)
+            if proj is None or len(proj.weight.uses()) != 1:
                 continue
-            w = _const(linear.weight)
+            w = const(proj.weight)
             cut = np.quantile(np.abs(w), self.ratio)
             pruned = np.where(np.abs(w) <= cut, np.float32(0), w).astype(w.dtype)
-            _replace(linear.weight, pruned)
+            replace_tensor(proj.weight, pruned)
             records.append(
                 {
                     "node": node.name,
@@ -253,36 +258,16 @@ class PrunePass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=changed)
 
 
-def _replace(value: ir.Value, array: np.ndarray) -> None:
-    """A new tensor for ``value`` (the old one is never written: rollback keeps it)."""
-    value.const_value = ir.tensor(np.ascontiguousarray(array), name=value.name)
-    value.shape = ir.Shape(array.shape)
-
-
-def _slice(graph: ir.Graph, value: ir.Value, keep: np.ndarray, axis: int, members: set) -> None:
-    """Keeps entries ``keep`` of ``value`` along ``axis`` — in place when only the block reads
-    it, else in a new initializer that the block's nodes read instead (copy on write)."""
-    array = np.take(_const(value), keep, axis=axis)
-    users = value.uses()
-    if all(id(user) in members for user, _ in users) and not value.is_graph_output():
-        _replace(value, array)
-        return
-    copy = add_initializer(graph, f"{value.name}_pruned", array)
-    for user, index in users:
-        if id(user) in members:
-            user.replace_input_with(index, copy)
-
-
 def _shrink(graph: ir.Graph, block: _Block, keep: np.ndarray) -> None:
     members = {id(n) for n in [*block.inner, *(u.node for u in block.ups), block.down.node]}
     down = block.down
-    _slice(graph, down.weight, keep, down.feature_axis, members)
+    slice_constant(graph, down.weight, keep, down.feature_axis, members)
     for up in block.ups:
-        _slice(graph, up.weight, keep, up.feature_axis, members)
+        slice_constant(graph, up.weight, keep, up.feature_axis, members)
         if up.bias is not None:
-            _slice(graph, up.bias, keep, _const(up.bias).ndim - 1, members)
+            slice_constant(graph, up.bias, keep, const(up.bias).ndim - 1, members)
     for value in block.per_feature:
-        _slice(graph, value, keep, _const(value).ndim - 1, members)
+        slice_constant(graph, value, keep, const(value).ndim - 1, members)
     for node in [*(u.node for u in block.ups), *block.inner]:
         for value in node.outputs:
             if value.shape is not None and len(value.shape) > 0:

@@ -21,6 +21,7 @@ The input model is only read.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -89,6 +90,9 @@ ACCURACY_SAMPLES = 4  # calibration samples the accuracy budget runs (each is on
 # gaps keep it cheap (`compiler bench` measures carefully, with longer pauses and more runs).
 LATENCY_RUNS = 5
 LATENCY_GAP_S = 0.02
+# Above this, the latency check is skipped: onnxruntime and the artifact side by side would hold
+# the weights twice (issue: a > 2 GiB build stays within 1.5x the weights' size).
+LATENCY_MAX_WEIGHT_BYTES = 1 << 30
 
 Progress = Callable[[str], None]
 
@@ -130,8 +134,9 @@ def example_inputs_for(
 
 
 def _write_weights(directory: Path, names: list[str], arrays: list[np.ndarray]) -> list[dict]:
-    """Saves weights as safetensors (raw bits where safetensors lacks the dtype)."""
-    from safetensors.numpy import save_file
+    """Saves weights as safetensors (raw bits where safetensors lacks the dtype), streamed one
+    tensor at a time (:mod:`compiler.safetensors_io`: no in-memory copy of the weights)."""
+    from compiler.safetensors_io import write_safetensors
 
     tensors: dict[str, np.ndarray] = {}
     order = []
@@ -150,7 +155,7 @@ def _write_weights(directory: Path, names: list[str], arrays: list[np.ndarray]) 
         order.append(
             {"key": key, "name": name, "dtype": str(array.dtype), "shape": list(array.shape)}
         )
-    save_file(tensors, str(directory / WEIGHTS_FILE))
+    write_safetensors(directory / WEIGHTS_FILE, tensors)
     return order
 
 
@@ -303,23 +308,36 @@ def build(
 
     step("compiling with TVM")
     t0 = time.perf_counter()
-    compiled = compile_model(model, target, model_name=source_name, tuning_db=tuning_db)
+    from compiler.stage_build import compile_stages, is_partitioned
+
+    staged = is_partitioned(model)  # `partition` ran: one library per stage
+    compile_fn = compile_stages if staged else compile_model
+    extra = {"progress": step} if staged else {}
+    compiled = compile_fn(model, target, model_name=source_name, tuning_db=tuning_db, **extra)
     timings["compile"] = time.perf_counter() - t0
 
     with atomic_directory(output_dir) as tmp:
         step("writing the artifact")
         t0 = time.perf_counter()
-        compiled.export_library(tmp / LIBRARY_FILE)
-        weight_order = _write_weights(tmp, compiled.param_names, compiled.params)
+        if staged:
+            code = compiled.write(tmp, _write_weights)
+        else:
+            compiled.export_library(tmp / LIBRARY_FILE)
+            weight_order = _write_weights(tmp, compiled.param_names, compiled.params)
+            compiled.params = []  # the artifact holds them now
+            code = {
+                "library": LIBRARY_FILE,
+                "weights": {"file": WEIGHTS_FILE, "order": weight_order},
+            }
         save_model(model, tmp / ONNX_FILE)
         timings["write"] = time.perf_counter() - t0
+        _release_weights(model)
         manifest_base = {
             "name": Path(source_name).stem if isinstance(source, (str, Path)) else source_name,
             "inputs": [s.to_json() for s in inputs_spec],
             "outputs": [s.to_json() for s in outputs_spec],
             "target": compiled.target,
-            "library": LIBRARY_FILE,
-            "weights": {"file": WEIGHTS_FILE, "order": weight_order},
+            **code,
             "onnx_model": ONNX_FILE,
             "pipeline": pipeline_text,
             "versions": _versions(),
@@ -373,6 +391,7 @@ def build(
                 "tuned_kernels": compiled.tuned_kernels,
             },
             "verification": verification,
+            **({"partition": compiled.plan} if staged else {}),
             "accuracy": accuracy,
             "latency": latency,
             "timings_seconds": timings,
@@ -434,6 +453,18 @@ class _PassErrors(Instrument):
         return entry
 
 
+def _release_weights(model: ir.Model) -> None:
+    """Unmaps the model's external (memory-mapped) weights: once the artifact is written they
+    are not read again, and their resident pages would count against the build's memory while
+    the artifact's own copy is loaded for verification. (A later read maps them again; a tensor
+    still viewed elsewhere stays mapped.)"""
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if isinstance(tensor, ir.ExternalTensor):
+            with contextlib.suppress(BufferError):  # still viewed elsewhere: stays mapped
+                tensor.release()
+
+
 def _latency(
     directory: Path,
     manifest_base: dict[str, Any],
@@ -445,6 +476,13 @@ def _latency(
     """A short latency measurement of the artifact in ``directory`` against onnxruntime."""
     if runs <= 0:
         return {"measured": False, "reason": "skipped (latency_runs=0)"}
+    weight_bytes = sum(p.stat().st_size for p in directory.glob("*.safetensors"))
+    if weight_bytes > LATENCY_MAX_WEIGHT_BYTES:
+        return {
+            "measured": False,
+            "reason": f"{weight_bytes / 2**30:.1f} GiB of weights: the build does not hold a "
+            "second runtime's copy of them (measure with `compiler bench`)",
+        }
     if target.get("kind") != "llvm":
         return {"measured": False, "reason": f"no {target.get('kind')} device on this machine"}
     from compiler.bench import bench_artifact

@@ -352,6 +352,18 @@ def _parse_budget(text: str) -> float:
     return value
 
 
+def _rpc_options(args: argparse.Namespace) -> dict:
+    """``tune --rpc HOST:PORT --key K [--rpc-workers N]`` as ``tune_model`` keywords."""
+    if not args.rpc:
+        return {}
+    from compiler.rpc import parse_address
+
+    key = Path(args.key_file).read_text().strip() if args.key_file else args.key
+    if not key:
+        raise InputError("--rpc needs the workers' key: --key K or --key-file FILE")
+    return {"rpc": parse_address(args.rpc), "key": key, "rpc_workers": args.rpc_workers}
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -384,14 +396,43 @@ def cmd_tune(args: argparse.Namespace) -> int:
             budget_s=budget,
             trials_per_task=args.trials_per_task,
             progress=step,
+            **_rpc_options(args),
         )
     out.print(
         f"{result.tasks} kernels: {len(result.tuned)} tuned now, {len(result.skipped)} already "
         f"in {args.db}, in {result.seconds / 60:.1f} min"
+        + (f", measured on the RPC workers at {args.rpc}" if args.rpc else "")
         + (" (stopped by the budget; run again to continue)" if result.stopped_by_budget else "")
     )
     for name, us in sorted(result.best_us.items(), key=lambda kv: -kv[1])[:10]:
         out.print(f"  {us:10.1f} µs  {name}")
+    return 0
+
+
+# --------------------------------------------------------------------------------- serve-worker
+def cmd_serve_worker(args: argparse.Namespace) -> int:
+    from compiler.rpc import parse_address, serve
+
+    key = args.key
+    if args.key_file:
+        key = Path(args.key_file).read_text().strip()
+    if not key:
+        raise InputError("serve-worker needs a key: --key K or --key-file FILE")
+    tracker = parse_address(args.tracker) if args.tracker else None
+
+    def ready(host: str, port: int) -> None:
+        via = f", registered at the tracker {args.tracker}" if tracker else ""
+        print(f"listening on {host}:{port}{via}", flush=True)
+
+    serve(
+        key,
+        host=args.host,
+        port=args.port,
+        tracker=tracker,
+        custom_addr=args.custom_addr,
+        on_ready=ready,
+        log=lambda message: print(message, file=sys.stderr, flush=True),
+    )
     return 0
 
 
@@ -695,7 +736,22 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default="30m", help="wall-clock budget: 90s, 30m, 1h")
     p.add_argument("--trials-per-task", type=int, default=64)
     p.add_argument("--pipeline", default="O1", help="the pass pipeline the build will use")
+    p.add_argument("--rpc", help="measure on the workers of this TVM RPC tracker, HOST:PORT")
+    p.add_argument("--key", help="with --rpc: the workers' key (serve-worker --key)")
+    p.add_argument("--key-file", help="with --rpc: read the key from this file")
+    p.add_argument("--rpc-workers", type=int, default=1, help="with --rpc: workers used at once")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser(
+        "serve-worker", help="serve TVM RPC sessions (remote stages, tuning) to key holders"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    p.add_argument("--port", type=int, default=9091, help="port (0: any free one)")
+    p.add_argument("--key", help="the shared secret clients must prove (at least 8 characters)")
+    p.add_argument("--key-file", help="read the key from this file (keeps it out of `ps`)")
+    p.add_argument("--tracker", help="register at this TVM RPC tracker, HOST:PORT")
+    p.add_argument("--custom-addr", help="the address the tracker gives clients for this worker")
+    p.set_defaults(func=cmd_serve_worker)
 
     p = sub.add_parser("generate", help="greedy generation with an LLM artifact (build --llm)")
     p.add_argument("artifact")

@@ -1,6 +1,6 @@
 """Loads a built artifact and runs it: what a deployment needs, and nothing else.
 
-Imports only the standard library, numpy, safetensors and TVM's runtime; no pass, frontend or
+Imports only the standard library, numpy and TVM's runtime; no pass, frontend or
 backend code. ``load`` verifies every file's sha256 against the manifest first, so a tampered or
 incomplete artifact fails before any code from it is loaded.
 
@@ -19,6 +19,7 @@ import numpy as np
 
 from compiler.artifact import LIBRARY_FILE, WEIGHTS_FILE, read_manifest
 from compiler.errors import ArtifactError, InputError
+from compiler.safetensors_io import SafetensorsError, read_safetensors
 
 __all__ = ["CompiledModel", "load"]
 
@@ -46,7 +47,6 @@ class CompiledModel:
         self, path: str | os.PathLike, *, device: str | None = None, verify: bool = True
     ) -> None:
         import tvm
-        from safetensors.numpy import load_file
 
         import compiler.kernels  # noqa: F401  (registers the host kernels compiled code calls)
 
@@ -61,21 +61,32 @@ class CompiledModel:
             self._vm = tvm.runtime.vm.VirtualMachine(library, self.device)
         except Exception as e:
             raise ArtifactError(f"{self.path / LIBRARY_FILE}: cannot load the library: {e}") from e
-        stored = load_file(str(self.path / WEIGHTS_FILE))
+        # One weight at a time: the file's bytes are never all in memory next to the device's copy.
+        entries = {entry["key"]: entry for entry in self.manifest["weights"]["order"]}
+        loaded = {}
+        try:
+            for key, array in read_safetensors(self.path / WEIGHTS_FILE):
+                if key in entries:
+                    loaded[key] = self._weight(entries[key], array)
+        except SafetensorsError as e:
+            raise ArtifactError(str(e)) from e
         self._params = []
-        for entry in self.manifest["weights"]["order"]:
-            array = stored.get(entry["key"])
-            if array is None:
-                raise ArtifactError(f"{self.path / WEIGHTS_FILE}: weight {entry['key']} is missing")
-            array = _restore_dtype(array, entry["dtype"])
-            if array.size == int(np.prod(entry["shape"])):
-                array = array.reshape(entry["shape"])  # safetensors stores 0-d tensors as [1]
-            else:
-                raise ArtifactError(
-                    f"{self.path / WEIGHTS_FILE}: weight {entry['key']} has shape "
-                    f"{list(array.shape)}, the manifest says {entry['shape']}"
-                )
-            self._params.append(tvm.runtime.tensor(array, self.device))
+        for key in entries:
+            if key not in loaded:
+                raise ArtifactError(f"{self.path / WEIGHTS_FILE}: weight {key} is missing")
+            self._params.append(loaded[key])
+
+    def _weight(self, entry: dict[str, Any], array: np.ndarray) -> Any:
+        import tvm
+
+        array = _restore_dtype(array, entry["dtype"])
+        if array.size != int(np.prod(entry["shape"])):
+            raise ArtifactError(
+                f"{self.path / WEIGHTS_FILE}: weight {entry['key']} has shape "
+                f"{list(array.shape)}, the manifest says {entry['shape']}"
+            )
+        array = array.reshape(entry["shape"])  # (older files stored 0-d tensors as [1])
+        return tvm.runtime.tensor(array, self.device)
 
     @property
     def input_names(self) -> list[str]:
@@ -102,7 +113,8 @@ class CompiledModel:
                     raise InputError(
                         f"input {name!r} must have shape {shape}, got {list(array.shape)}"
                     )
-        return np.ascontiguousarray(array)
+        # np.ascontiguousarray returns at least 1-d arrays: a scalar input would become [1].
+        return np.require(array, requirements="C")
 
     def __call__(
         self, inputs: Mapping[str, Any] | None = None, **named: Any
@@ -116,10 +128,9 @@ class CompiledModel:
         extra = sorted(set(given) - set(self.input_names))
         if extra:
             raise InputError(f"unknown input {extra[0]!r} (the model takes {self.input_names})")
-        args = [
-            tvm.runtime.tensor(self._check(spec, given[spec["name"]]), self.device)
-            for spec in self.inputs
-        ]
+        arrays = [self._check(spec, given[spec["name"]]) for spec in self.inputs]
+        _check_symbolic_dims(self.inputs, arrays)
+        args = [tvm.runtime.tensor(array, self.device) for array in arrays]
         result = self._vm["main"](*args, *self._params)
         values = _flatten(result)
         if len(values) != len(self.outputs):
@@ -128,6 +139,20 @@ class CompiledModel:
                 f"{len(self.outputs)}"
             )
         return {spec["name"]: value for spec, value in zip(self.outputs, values, strict=True)}
+
+
+def _check_symbolic_dims(specs: list[dict[str, Any]], arrays: list[np.ndarray]) -> None:
+    """A symbolic dim (a name, e.g. ``seq``) takes any size, but one size across all inputs."""
+    bound: dict[str, tuple[int, str]] = {}
+    for spec, array in zip(specs, arrays, strict=True):
+        for want, got in zip(spec["shape"] or (), array.shape, strict=False):
+            if isinstance(want, str):
+                size, first = bound.setdefault(want, (got, spec["name"]))
+                if size != got:
+                    raise InputError(
+                        f"input {spec['name']!r} has {want}={got}, but input {first!r} has "
+                        f"{want}={size} (one size per symbolic dim)"
+                    )
 
 
 def _flatten(result: Any) -> list[np.ndarray]:
@@ -155,5 +180,11 @@ def load(
 
     Every file's sha256 is checked against the manifest first; ``verify=False`` skips that, for a
     caller that has just verified an enclosing artifact (an LLM folder's own manifest).
+    A partitioned artifact (``partition`` pass) runs its stages one after the other in this
+    process (:class:`compiler.stages.PipelineModel`; worker processes: ``compiler.stages``).
     """
+    from compiler.stages import PipelineModel, is_staged
+
+    if is_staged(path):
+        return PipelineModel(path, device=device, verify=verify)
     return CompiledModel(path, device=device, verify=verify)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from passes import cleanup, fusion, lowrank, precision, prune, quantize
+from passes import cleanup, fusion, lowrank, partition, precision, prune, quantize
 
 # Every pass class a family module exports is built in (the registry reads names and options).
 BUILTIN_PASSES = [
@@ -12,6 +12,7 @@ BUILTIN_PASSES = [
     prune.PrunePass,
     lowrank.LowRankPass,
     precision.CastPass,
+    partition.PartitionPass,
 ]
 
 __all__ = ["BUILTIN_PASSES"]

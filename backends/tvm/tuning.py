@@ -52,6 +52,7 @@ class TuneResult:
     seconds: float
     best_us: dict[str, float]
     stopped_by_budget: bool
+    runner: str = "local"  # where candidates were measured: local, or rpc://TRACKER (workers)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -75,10 +76,16 @@ def tune_model(
     budget_s: float = 1800.0,
     trials_per_task: int = 64,
     progress: Callable[[str, int, int, float | None], None] | None = None,
+    rpc: tuple[str, int] | None = None,
+    key: str | None = None,
+    rpc_workers: int = 1,
 ) -> TuneResult:
     """Tunes the kernels of ``model`` into the database at ``db_dir`` (created if missing).
 
-    ``progress(task_name, index, total, best_us)`` is called after each task.
+    ``progress(task_name, index, total, best_us)`` is called after each task. With ``rpc`` (a
+    TVM RPC tracker) and ``key``, candidates are measured on the workers registered there
+    (``python -m compiler serve-worker --tracker``), ``rpc_workers`` at a time, through
+    MetaSchedule's ``RPCRunner``; the records land in the same database.
     """
     import tvm
     from tvm.s_tir import meta_schedule as ms
@@ -100,6 +107,19 @@ def tune_model(
     database = ms.database.JSONDatabase(work_dir=str(db_dir))
     tuned, skipped, best = [], [], {}
     stopped = False
+    runner = None
+    if rpc is not None:
+        from compiler.rpc import metaschedule_session
+
+        if not key:
+            raise BackendError("tuning over RPC needs the workers' key (--key)")
+        config = ms.runner.RPCConfig(
+            tracker_host=rpc[0], tracker_port=rpc[1], tracker_key=key, session_timeout_sec=120
+        )
+        # The key travels in tracker_key to our session factory only; the tracker sees a label.
+        runner = ms.runner.RPCRunner(
+            rpc_config=config, f_create_session=metaschedule_session, max_workers=rpc_workers
+        )
     for index, task in enumerate(tasks):
         workload = task.dispatched[0]
         existing = _best_us(database, workload)
@@ -122,6 +142,7 @@ def tune_model(
                 num_trials_per_iter=min(trials_per_task, 32),
                 database=database,
                 builder=ms.builder.LocalBuilder(timeout_sec=120),
+                **({"runner": runner} if runner is not None else {}),
             )
             tuned.append(task.task_name)
             measured = _best_us(database, workload)
@@ -136,4 +157,5 @@ def tune_model(
         seconds=time.perf_counter() - start,
         best_us=best,
         stopped_by_budget=stopped,
+        runner=f"rpc://{rpc[0]}:{rpc[1]}" if rpc is not None else "local",
     )

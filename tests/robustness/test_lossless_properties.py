@@ -50,6 +50,11 @@ def _lossless_passes() -> list[str]:
 
 
 LOSSLESS = _lossless_passes()
+
+
+def _options(name: str, model: ir.Model) -> dict:
+    """``partition`` needs at least as many nodes as stages (asking for more is an error)."""
+    return {"stages": min(2, max(1, len(model.graph)))} if name == "partition" else {}
 IDENTITY_PASSES = ("cleanup", "eliminate-identity")
 
 
@@ -214,7 +219,7 @@ def test_the_lossless_passes_are_the_expected_ones():
 @given(model=graphs())
 def test_a_lossless_pass_keeps_the_outputs(name, model):
     info = default_registry().get(name)
-    pass_ = info.create()
+    pass_ = info.create(**_options(name, model))
     after = pass_(model.clone()).model
     tolerance = getattr(pass_, "tolerance", None) or TOLERANCE
     assert_same_outputs(model, after, tolerance=tolerance)
@@ -227,7 +232,9 @@ def test_all_lossless_passes_in_sequence_keep_the_outputs(model):
     registry = default_registry()
     after = model.clone()
     for name in LOSSLESS:
-        after = registry.create(name)(after).model
+        if name == "partition" and not len(after.graph):
+            continue  # everything folded away: nothing to split
+        after = registry.create(name, **_options(name, after))(after).model
     assert_same_outputs(model, after, tolerance=TOLERANCE)
 
 

@@ -33,7 +33,7 @@ WEIGHTS = {
 
 def _relax(model):
     with tvm.transform.PassContext():
-        mod = from_onnx(_proto_for_tvm(model), keep_params_in_input=True)
+        mod = from_onnx(_proto_for_tvm(model)[0], keep_params_in_input=True)
     return relax.frontend.detach_params(mod)[0]
 
 

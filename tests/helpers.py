@@ -97,3 +97,17 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
         text=True,
         timeout=timeout,
     )
+
+
+def install_plugin(source: Path, site: Path) -> dict[str, str]:
+    """``pip install --target site source`` (no deps, no build isolation: offline); returns the
+    environment (``PYTHONPATH``) under which the installed package and the repo are importable."""
+    subprocess.run(
+        [
+            sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+            "--disable-pip-version-check", "--target", str(site), str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return {"PYTHONPATH": f"{site}:{REPO}"}

@@ -8,8 +8,6 @@ class in a registry of their own; the command-line tests pip-install the package
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -21,7 +19,7 @@ from compiler.bisect import bisect, describe
 from compiler.numerics import max_error
 from compiler.pass_manager import PassManager
 from compiler.pass_registry import PassRegistry, default_registry
-from tests.helpers import REPO, run_cli, seeded_inputs
+from tests.helpers import REPO, install_plugin, run_cli, seeded_inputs
 from tests.passes.quantize.models import linear_model
 
 PLUGIN = REPO / "tests" / "plugins" / "broken_plugin"
@@ -111,24 +109,7 @@ def test_an_explicit_tolerance_applies_to_every_pass(model_path, registry):
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory):
     site = tmp_path_factory.mktemp("broken-site")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--disable-pip-version-check",
-            "--target",
-            str(site),
-            str(PLUGIN),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return {"PYTHONPATH": f"{site}:{REPO}"}
+    return install_plugin(PLUGIN, site)
 
 
 def _one_error_line(result) -> str:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -12,7 +10,7 @@ import pytest
 
 from backends.onnxruntime.reference import run_reference
 from compiler.numerics import normalized_error
-from tests.helpers import REPO, run_cli
+from tests.helpers import REPO, install_plugin, run_cli
 
 pytestmark = pytest.mark.tvm
 
@@ -168,24 +166,7 @@ def test_input_errors_on_run(tiny_artifact, tmp_path):
 def test_plugin_from_a_separate_package(tiny_onnx, tmp_path):
     """A pass package installed with pip shows up in `passes` and runs in a text pipeline."""
     site = tmp_path / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--disable-pip-version-check",
-            "--target",
-            str(site),
-            str(REPO / "tests" / "plugins" / "demo_plugin"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    env = {"PYTHONPATH": f"{site}:{REPO}"}
+    env = install_plugin(REPO / "tests" / "plugins" / "demo_plugin", site)
     result = run_cli("passes", env=env)
     assert result.returncode == 0, result.stderr
     assert "tag-nodes" in result.stdout and "plugin compiler-demo-passes" in result.stdout

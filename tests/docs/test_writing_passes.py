@@ -12,7 +12,7 @@ import sys
 import onnx
 import pytest
 
-from tests.helpers import REPO, assert_same_outputs, model_from_text, run_cli
+from tests.helpers import REPO, assert_same_outputs, install_plugin, model_from_text, run_cli
 
 TUTORIAL = REPO / "docs" / "writing-passes.md"
 PLUGIN = REPO / "docs" / "tutorial_plugin"
@@ -126,24 +126,7 @@ def test_the_plugin_installs_lists_and_runs_in_a_recipe(tmp_path):
     source = tmp_path / "tutorial_plugin"
     shutil.copytree(PLUGIN, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     site = tmp_path / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--disable-pip-version-check",
-            "--target",
-            str(site),
-            str(source),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    env = {"PYTHONPATH": f"{site}:{REPO}"}
+    env = install_plugin(source, site)
     result = run_cli("passes", env=env)
     assert result.returncode == 0, result.stderr
     for name in ("strip-metadata", "div-to-mul"):

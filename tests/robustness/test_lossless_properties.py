@@ -55,6 +55,8 @@ LOSSLESS = _lossless_passes()
 def _options(name: str, model: ir.Model) -> dict:
     """``partition`` needs at least as many nodes as stages (asking for more is an error)."""
     return {"stages": min(2, max(1, len(model.graph)))} if name == "partition" else {}
+
+
 IDENTITY_PASSES = ("cleanup", "eliminate-identity")
 
 

@@ -1,7 +1,8 @@
 """The Relax pipeline per target: TVM's own phases, plus what makes untuned CPU code fast.
 
-``llvm``: GEMMs to the BLAS (:mod:`backends.tvm.blas_offload`), small integer powers to
-multiplies (:mod:`backends.tvm.relax_rewrites`), TVM's ``FastMathTransform`` (polynomial
+``llvm``: 16-bit matmuls computed in float32, GEMMs to the BLAS
+(:mod:`backends.tvm.blas_offload`), small integer powers to multiplies
+(:mod:`backends.tvm.relax_rewrites`), TVM's ``FastMathTransform`` (polynomial
 exp/tanh/erf, vectorizable; relative error ~1e-7 on the models tested), then TVM's CPU phases
 (library dispatch, legalize + fuse, dataflow lowering, finalize). Between fusion and lowering,
 kernels with records in a tuning database (``compiler tune``) take their tuned schedules, and
@@ -25,9 +26,10 @@ def cpu_fusion_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     from backends.tvm.blas_offload import OffloadMatmulToBlas
-    from backends.tvm.relax_rewrites import SimplifyPower
+    from backends.tvm.relax_rewrites import HalfMatmulInFloat, SimplifyPower
 
     return [
+        HalfMatmulInFloat(),
         OffloadMatmulToBlas(),
         SimplifyPower(),
         relax.transform.FastMathTransform(),

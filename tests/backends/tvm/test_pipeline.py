@@ -16,7 +16,7 @@ from backends.onnxruntime.reference import run_reference
 from backends.tvm import compile_model, host_target
 from backends.tvm.blas_offload import OffloadMatmulToBlas
 from backends.tvm.compile import _proto_for_tvm
-from backends.tvm.relax_rewrites import SimplifyPower
+from backends.tvm.relax_rewrites import HalfMatmulInFloat, SimplifyPower
 from backends.tvm.schedules import Injective, ReductionFallback
 from compiler.numerics import max_error
 from tests.helpers import model_from_text, seeded_inputs, weights_text
@@ -144,3 +144,34 @@ def test_reduction_rule_skips_single_row_normalizations():
     assert Reduction().apply(_layer_norm_primfunc((1, 1, 768)), target, False) is None
     scheduled = Reduction().apply(_layer_norm_primfunc((1, 128, 768)), target, False)
     assert "T.parallel(T.int64(128))" in scheduled.mod["main"].script()
+
+
+def test_half_precision_matmuls_accumulate_in_float32():
+    k = 1536  # long enough that a 16-bit running sum visibly drifts
+    x = np.random.default_rng(0).uniform(0, 1, (8, k)).astype(np.float16)
+    w = np.random.default_rng(1).uniform(0, 1, (k, 16)).astype(np.float16)
+    model = model_from_text(
+        f"""
+        g (float16[8,{k}] x) => (float16[8,16] y) {{
+          y = MatMul(x, w)
+        }}
+        """
+    )
+    model.graph.initializers["w"] = _initializer("w", w)
+    model.graph.node(0).replace_input_with(1, model.graph.initializers["w"])
+    rewritten = HalfMatmulInFloat()(_relax(model)).script()
+    assert 'R.astype(x, dtype="float32")' in rewritten and 'out_dtype="float32"' in rewritten
+    compiled = compile_model(model)
+    vm = relax.VirtualMachine(compiled.executable, tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(p) for p in compiled.params])
+    exact = x.astype(np.float64) @ w.astype(np.float64)
+    relative = np.abs(got.numpy().astype(np.float64) - exact).max() / np.abs(exact).max()
+    assert relative < 2**-10  # one final rounding to fp16; a 16-bit sum is off by far more
+
+
+def _initializer(name, array):
+    import onnx_ir as ir
+
+    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+    value.shape, value.dtype = ir.Shape(array.shape), ir.DataType.FLOAT16
+    return value

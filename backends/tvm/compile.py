@@ -86,11 +86,13 @@ def _proto_for_tvm(model: ir.Model) -> tuple[onnx.ModelProto, list[str], list[np
     """
     clone = model.clone()  # tensors are shared, not copied
     graph = clone.graph
-    inputs = {id(v) for v in graph.inputs}
     names, arrays = [], []
+    for value in graph.initializers.values():
+        if value in graph.inputs:  # IR < 4 lists initializers as inputs too: they are constants
+            graph.inputs.remove(value)
     for value in list(graph.initializers.values()):
         tensor = value.const_value
-        if id(value) in inputs or tensor is None or _inline_as_constant_ir(tensor):
+        if tensor is None or _inline_as_constant_ir(tensor):
             continue
         graph.initializers.pop(value.name)
         value.const_value = None

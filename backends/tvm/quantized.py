@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 import onnx_ir as ir
-from tvm import relax
+from tvm import relax, tirx
 from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
 from backends.tvm.packed_kernels import dequantize_func, gather_rows, gemv_func, tile_channels
@@ -330,7 +330,10 @@ class PackedMatMul(OnnxOpConverter):
     @classmethod
     def _impl_v1(cls, bb, inputs, attr, params):
         a, weights, k, n, bits, group, symmetric = _packed_inputs(inputs, attr)
-        shape = [int(d) for d in a.ty.shape] if a.ty.shape is not None else None
+        dims = list(a.ty.shape) if a.ty.shape is not None else None
+        # A symbolic dim (a dynamic sequence length) leaves the row count to run time: dequantize.
+        static = dims is not None and all(isinstance(d, tirx.IntImm) for d in dims)
+        shape = [int(d) for d in dims] if static else None
         tag = f"k{k}_n{n}_b{bits}_g{group}{'' if symmetric else '_asym'}"
         rows = math.prod(shape[:-1]) if shape is not None else None
         if rows is not None and rows <= GEMV_MAX_ROWS:

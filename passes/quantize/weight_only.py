@@ -275,7 +275,8 @@ class QuantizePass(ir.passes.InPlacePass):
             if self.activations != "none":
                 self._replace_w8a8(graph, target, quantized, ranges)
             elif self.bits == 8 and self.group == 0:
-                _replace(graph, target, _dequantize_nodes(graph, target, quantized))
+                legacy = model.opset_imports.get("", 1) < 13  # per-axis DequantizeLinear: 13+
+                _replace(graph, target, _dequantize_nodes(graph, target, quantized, legacy))
             else:
                 _replace(graph, target, self._nbits_nodes(graph, target, quantized))
             record = self._record(node, target.sources[-1], target.weight, quantized, gram)
@@ -440,11 +441,14 @@ def _gather_targets(graph: ir.Graph, include: str, exclude: str) -> list[tuple[i
 
 
 def _dequantize_nodes(
-    graph: ir.Graph, target: _Target, quantized: QuantizedWeight
+    graph: ir.Graph, target: _Target, quantized: QuantizedWeight, legacy: bool = False
 ) -> list[ir.Node]:
     """int8 per output channel as standard ONNX: ``MatMul(A, DequantizeLinear(W_q, s[, z]))``
     with ``W_q`` int8 ``[K, N]`` and one scale (and zero point) per column, ``axis=1``.
-    (``MatMulNBits`` would pad K to a power of two for a single block per row.)"""
+    (``MatMulNBits`` would pad K to a power of two for a single block per row.)
+
+    ``legacy`` (models below opset 13, which has no per-axis ``DequantizeLinear``):
+    ``MatMul(A, (Cast(W_q) − z) · s)`` — the same values from ops every opset has."""
     node = target.node
     stem = target.sources[-1].name or node.name
     codes = (quantized.codes.astype(np.int16) - 128).astype(np.int8).T  # [K, N]
@@ -455,11 +459,18 @@ def _dequantize_nodes(
     if not quantized.symmetric:
         zeros = (quantized.zero_points[:, 0].astype(np.int16) - 128).astype(np.int8)
         inputs.append(add_initializer(graph, f"{stem}_zero_points", zeros))
-    dequantize = ir.node("DequantizeLinear", inputs, attributes={"axis": 1})
-    dequantize.outputs[0].shape = ir.Shape(codes.shape)
-    dequantize.outputs[0].dtype = ir.DataType.FLOAT
-    matmul = ir.node("MatMul", [node.inputs[0], dequantize.outputs[0]], name=node.name)
-    return [dequantize, matmul]
+    if legacy:
+        nodes = [ir.node("Cast", [inputs[0]], attributes={"to": int(ir.DataType.FLOAT)})]
+        if len(inputs) > 2:
+            zero = ir.node("Cast", [inputs[2]], attributes={"to": int(ir.DataType.FLOAT)})
+            nodes += [zero, ir.node("Sub", [nodes[0].outputs[0], zero.outputs[0]])]
+        nodes.append(ir.node("Mul", [nodes[-1].outputs[0], inputs[1]]))
+    else:
+        nodes = [ir.node("DequantizeLinear", inputs, attributes={"axis": 1})]
+    weight = nodes[-1].outputs[0]
+    weight.shape, weight.dtype = ir.Shape(codes.shape), ir.DataType.FLOAT
+    matmul = ir.node("MatMul", [node.inputs[0], weight], name=node.name)
+    return [*nodes, matmul]
 
 
 def _replace(graph: ir.Graph, target: _Target, nodes: list[ir.Node]) -> None:

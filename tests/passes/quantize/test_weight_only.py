@@ -212,3 +212,20 @@ def test_int8_per_channel_on_a_tied_head_is_standard_dequantize_linear():
     (dq,) = [n for n in quantized.graph if n.op_type == "DequantizeLinear"]
     assert dq.inputs[0].const_value.dtype == ir.DataType.INT8
     assert list(dq.inputs[0].shape) == [40, 24]  # [K, N]: no padding, no Transpose
+
+
+def test_int8_per_channel_below_opset_13_uses_cast_and_mul():
+    model = linear_model(4, 32, 32, layers=2)
+    x = {"x": correlated_inputs(4, 32, seed=3)[None]}
+    modern = _run(model.clone(), "quantize(bits=8,group=0)")
+    old = model.clone()
+    old.opset_imports[""] = 12  # per-axis DequantizeLinear does not exist yet
+    legacy = _run(old, "quantize(bits=8,group=0,symmetric=false)")
+    ops = _ops(legacy)
+    assert ops["DequantizeLinear"] == 0 and ops["Cast"] == 4 and ops["Mul"] == 2
+    assert legacy.opset_imports[""] == 12
+    asymmetric = _run(model.clone(), "quantize(bits=8,group=0,symmetric=false)")
+    np.testing.assert_allclose(
+        run_reference(legacy, x)["y"], run_reference(asymmetric, x)["y"], rtol=1e-5, atol=1e-6
+    )
+    assert _ops(modern)["DequantizeLinear"] == 2

@@ -18,7 +18,7 @@ from tests.helpers import run_cli
 SHIPPED = {
     "int4-llm-cpu": "cleanup,quantize(bits=4,group=128)",
     "int8-llm-cpu": "cleanup,quantize(bits=8,group=0)",
-    "int8-encoder-cpu": "cleanup,quantize(bits=8,group=0,activations=dynamic)",
+    "int8-encoder-cpu": "cleanup,quantize(bits=8,group=0,activations=dynamic,granularity=token)",
     "bf16-gpu": "cleanup,cast(dtype=bf16)",
 }
 

@@ -46,6 +46,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from compiler.examples import _wrap  # noqa: E402  (one tensor out, no KV cache)
+
 RECIPES: dict[str, str] = {
     "O1": "O1",
     "int8": "cleanup,quantize(bits=8,group=0)",
@@ -71,24 +73,6 @@ class Arch:
     @property
     def dynamic(self) -> bool:
         return self.kind == "decoder"
-
-
-def _wrap(model, output: str, keys: tuple[str, ...]):
-    """Wraps a transformers model so that it returns one tensor and builds no KV cache."""
-    import torch
-
-    class Wrapper(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, *args):
-            kwargs = dict(zip(keys, args, strict=True))
-            if output == "logits":
-                kwargs["use_cache"] = False
-            return getattr(self.model(**kwargs), output)
-
-    return Wrapper().eval()
 
 
 def _decoder(config_class: str, model_class: str, **config: Any):

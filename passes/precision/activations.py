@@ -30,8 +30,6 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
-from compiler.errors import InputError
-
 __all__ = ["FLOAT32_OPS", "HEADROOM", "cast_activations", "local_errors"]
 
 FLOAT16_MAX = 65504.0
@@ -72,17 +70,12 @@ def overflow_nodes(graph: ir.Graph, peaks: Mapping[str, float]) -> dict[str, str
 
 
 def cast_activations(model: ir.Model, keep_float: set[str]) -> ir.Model:
-    """A new model computing in float16 except the policy ops and the ``keep_float`` nodes."""
+    """A new model computing in float16 except the policy ops and the ``keep_float`` nodes
+    (by name: every node must have a unique one)."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     from compiler.serialize import proto_with_weights
 
-    unnamed = [node for node in model.graph if not node.name]
-    if unnamed:
-        raise InputError(
-            f"cast(activations=true) needs named nodes; {len(unnamed)} have no name "
-            f"(first: a {unnamed[0].op_type})"
-        )
     proto = proto_with_weights(model)
     converted = convert_float_to_float16(
         proto,

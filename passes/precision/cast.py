@@ -24,6 +24,7 @@ from typing import Literal
 import ml_dtypes
 import numpy as np
 import onnx_ir as ir
+import onnx_ir.passes.common
 
 from compiler.errors import InputError
 from compiler.ir_utils import add_initializer, read_records, write_records
@@ -115,6 +116,8 @@ class CastPass(ir.passes.PassBase):
         from backends.onnxruntime.reference import ReferenceSession
         from compiler.calibration import value_peaks
 
+        if any(not node.name for node in model.graph):
+            ir.passes.common.NameFixPass()(model)  # float32 islands are chosen by node name
         feeds, source = self._feeds(model)
         graph = model.graph
         names = sorted(

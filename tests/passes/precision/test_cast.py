@@ -180,3 +180,13 @@ def test_tvm_builds_fp16_activations_and_matches_onnxruntime(tmp_path):
     model = _attention_like()
     result = build(model, tmp_path / "fp16", passes="cast(dtype=fp16,activations=true)")
     assert result.report["verification"]["max_error"] <= 2**-8
+
+
+def test_fp16_activations_name_unnamed_nodes_first():
+    model = _attention_like()
+    for node in model.graph:
+        node.name = ""
+    cast = _cast(model, "cast(dtype=fp16,activations=true)")
+    kinds = {n.op_type: n.outputs[0].dtype.name for n in cast.graph if n.op_type != "Cast"}
+    assert kinds == {"MatMul": "FLOAT16", "LayerNormalization": "FLOAT", "Softmax": "FLOAT"}
+    assert all(n.name for n in cast.graph)

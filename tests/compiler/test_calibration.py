@@ -42,7 +42,7 @@ def test_bad_npz_files_are_explained(tmp_path, arrays, message):
 def test_pickled_npz_is_refused(tmp_path):
     path = tmp_path / "pickled.npz"
     np.savez(path, x=np.array([{"a": 1}], dtype=object))
-    with pytest.raises(ValueError, match="pickle"):
+    with pytest.raises(InputError, match=r"pickled\.npz: holds object arrays \(pickles\)"):
         load_calibration(path, linear_model(4, 32, 8))
 
 

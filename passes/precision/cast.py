@@ -14,6 +14,8 @@ With ``activations=true`` (fp16 only) the model *computes* in float16 too, with 
 chosen by op policy, by the value ranges seen on the calibration inputs (overflow), and — under
 an accuracy budget — by per-layer sensitivity: see :mod:`passes.precision.activations`. The
 records then list every node kept in float32 with its reason, and each MatMul/Gemm's local error.
+``samples`` sets how many calibration samples the ranges come from (0: all; without calibration
+data, one seeded input, and the records say so).
 """
 
 from __future__ import annotations
@@ -67,12 +69,8 @@ class CastPass(ir.passes.PassBase):
                 "bf16 MatMul/Add/Softmax, so the result could not be verified (bf16 stays "
                 "weight-only)"
             )
-        self.dtype, self.min_size, self.activations, self.samples = (
-            dtype,
-            min_size,
-            activations,
-            samples,
-        )
+        self.dtype, self.min_size = dtype, min_size
+        self.activations, self.samples = activations, samples
         self.context = None  # set by the pass manager: calibration data
         self.skip: frozenset[str] = frozenset()  # nodes kept in float32 (per-layer rollback)
 

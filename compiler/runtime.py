@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from compiler.artifact import LIBRARY_FILE, WEIGHTS_FILE, read_manifest
-from compiler.errors import ArtifactError, InputError
+from compiler.errors import ArtifactError, BackendError, InputError
 from compiler.safetensors_io import SafetensorsError, read_safetensors
 
 __all__ = ["CompiledModel", "load"]
@@ -130,9 +130,12 @@ class CompiledModel:
             raise InputError(f"unknown input {extra[0]!r} (the model takes {self.input_names})")
         arrays = [self._check(spec, given[spec["name"]]) for spec in self.inputs]
         _check_symbolic_dims(self.inputs, arrays)
-        args = [tvm.runtime.tensor(array, self.device) for array in arrays]
-        result = self._vm["main"](*args, *self._params)
-        values = _flatten(result)
+        try:
+            args = [tvm.runtime.tensor(array, self.device) for array in arrays]
+            values = _flatten(self._vm["main"](*args, *self._params))
+        except Exception as e:  # TVM's own errors (an unsupported dtype, a failed check)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BackendError(f"{self.path}: the compiled model failed to run: {first}") from e
         if len(values) != len(self.outputs):
             raise ArtifactError(
                 f"{self.path}: the library returned {len(values)} outputs, the manifest lists "

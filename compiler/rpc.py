@@ -452,12 +452,10 @@ class RemotePipeline:
     def run_many(self, feeds: Iterable[Mapping[str, Any]]) -> list[dict[str, np.ndarray]]:
         """Runs each feed through the stages, one thread per stage; outputs in feed order."""
         feeds = [dict(f) for f in feeds]
+        from compiler.runtime import require_inputs
+
         for f in feeds:
-            missing = [n for n in self.input_names if n not in f]
-            if missing:
-                raise InputError(
-                    f"missing input {missing[0]!r} (the model takes {self.input_names})"
-                )
+            require_inputs(f, self.input_names)
         links: list[queue.Queue] = [queue.Queue() for _ in range(len(self.stages) + 1)]
         errors: list[str] = []
 

@@ -121,13 +121,7 @@ class CompiledModel:
     ) -> dict[str, np.ndarray]:
         import tvm
 
-        given = {**(inputs or {}), **named}
-        missing = [n for n in self.input_names if n not in given]
-        if missing:
-            raise InputError(f"missing input {missing[0]!r} (the model takes {self.input_names})")
-        extra = sorted(set(given) - set(self.input_names))
-        if extra:
-            raise InputError(f"unknown input {extra[0]!r} (the model takes {self.input_names})")
+        given = merged_inputs(inputs, named, self.input_names)
         arrays = [self._check(spec, given[spec["name"]]) for spec in self.inputs]
         _check_symbolic_dims(self.inputs, arrays)
         try:
@@ -142,6 +136,25 @@ class CompiledModel:
                 f"{len(self.outputs)}"
             )
         return {spec["name"]: value for spec, value in zip(self.outputs, values, strict=True)}
+
+
+def require_inputs(given: Mapping[str, Any], names: list[str]) -> None:
+    """Raises :class:`InputError` for the first of ``names`` that ``given`` lacks."""
+    missing = [n for n in names if n not in given]
+    if missing:
+        raise InputError(f"missing input {missing[0]!r} (the model takes {names})")
+
+
+def merged_inputs(
+    inputs: Mapping[str, Any] | None, named: Mapping[str, Any], names: list[str]
+) -> dict[str, Any]:
+    """``inputs`` and keyword inputs together, exactly ``names`` (none missing, none unknown)."""
+    given = {**(inputs or {}), **named}
+    require_inputs(given, names)
+    extra = sorted(set(given) - set(names))
+    if extra:
+        raise InputError(f"unknown input {extra[0]!r} (the model takes {names})")
+    return given
 
 
 def _check_symbolic_dims(specs: list[dict[str, Any]], arrays: list[np.ndarray]) -> None:

@@ -111,14 +111,9 @@ class PipelineModel:
         return [spec["name"] for spec in self.outputs]
 
     def _given(self, inputs: Mapping[str, Any] | None, named: Mapping[str, Any]) -> dict:
-        given = {**(inputs or {}), **named}
-        missing = [n for n in self.input_names if n not in given]
-        if missing:
-            raise InputError(f"missing input {missing[0]!r} (the model takes {self.input_names})")
-        extra = sorted(set(given) - set(self.input_names))
-        if extra:
-            raise InputError(f"unknown input {extra[0]!r} (the model takes {self.input_names})")
-        return given
+        from compiler.runtime import merged_inputs
+
+        return merged_inputs(inputs, named, self.input_names)
 
     def run_stage(self, index: int, env: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Runs stage ``index`` on the values it reads from ``env``; returns what it produces."""
@@ -366,10 +361,10 @@ class ProcessPipeline:
             except BaseException as e:  # (a broken pipe: a worker died; reported below)
                 failure.append(e)
 
+        from compiler.runtime import require_inputs
+
         for inputs in feeds:
-            missing = [n for n in names if n not in inputs]
-            if missing:
-                raise InputError(f"missing input {missing[0]!r} (the model takes {names})")
+            require_inputs(inputs, names)
         sender = threading.Thread(target=feed, daemon=True)
         sender.start()
         results: dict[int, dict[str, np.ndarray]] = {}

@@ -99,8 +99,13 @@ def bench_artifact(
     torch_inputs: tuple[Any, ...] | None = None,
     seed: int = 0,
     gap_s: float = 0.3,
+    extra: dict[str, Callable[[dict[str, np.ndarray]], Any]] | None = None,
 ) -> BenchResult:
-    """Times the artifact at ``artifact`` against the named peers on seeded inputs."""
+    """Times the artifact at ``artifact`` against the named peers on seeded inputs.
+
+    ``extra`` adds runtimes timed in the same interleaved loop: name -> a function of the
+    seeded inputs (another artifact of the same model, ``torch.compile``, …).
+    """
     from backends.onnxruntime.reference import ReferenceSession
     from compiler.artifact import ONNX_FILE
     from compiler.runtime import load
@@ -127,6 +132,8 @@ def bench_artifact(
                 return torch_module(*args)
 
         runners["torch"] = run_torch
+    for name, fn in (extra or {}).items():
+        runners[name] = lambda fn=fn: fn(inputs)
     for _ in range(warmup):
         for fn in runners.values():
             fn()

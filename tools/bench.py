@@ -1,13 +1,16 @@
 """Benchmark: our artifacts against onnxruntime and torch on real architectures, in one run.
 
-    python tools/bench.py [--models gpt2,bert] [--runs 15] [--threads 2] [--json out.json]
-                          [--torch-compile] [--cache DIR]
+    python tools/bench.py [--models gpt2,bert,llama,gpt2-decode,gemv] [--runs 15] [--threads 2]
+                          [--torch-compile] [--tuning-db DIR] [--json out.json] [--cache DIR]
 
 For each model (transformers configs, random weights, fixed seed): export to ONNX once (cached),
-build with ``compiler.build`` (pipeline O1, untuned), then time ours, onnxruntime (all graph
-optimizations on, same thread count) and torch eager (and torch.compile with --torch-compile),
-interleaved, medians of ``--runs`` each (DESIGN.md §6). The machine's memory read bandwidth is
-measured in the same run. Prints a table of medians and ratios to onnxruntime; writes JSON.
+build with ``compiler.build`` (pipeline O1, untuned; with ``--tuning-db`` also a second build
+from those tuning records), then time ours, onnxruntime (all graph optimizations on, same thread
+count), torch eager (and torch.compile with ``--torch-compile``), interleaved, medians of
+``--runs`` each (DESIGN.md §6). ``gpt2-decode`` times one decode step of the LLM artifact;
+``gemv`` times fp32, int8 and int4 weight GEMVs alone (:func:`bench_gemv`). The machine's memory
+read bandwidth is measured in the same run, on 1 and on ``--threads`` threads; bandwidth shares
+are of the larger. Prints medians and ratios to onnxruntime; writes JSON and an SVG chart.
 """
 
 from __future__ import annotations
@@ -57,15 +60,95 @@ MODELS = {
 }
 
 
-def memory_bandwidth_gbs(gib: float = 1.0, repeats: int = 5) -> float:
-    """Read bandwidth: a float32 sum over a buffer far larger than the caches (median GB/s)."""
+def memory_bandwidth_gbs(gib: float = 1.0, repeats: int = 5, threads: int = 1) -> float:
+    """Read bandwidth: float32 sums over a buffer far larger than the caches, split over
+    ``threads`` threads (numpy releases the GIL in reductions); the median GB/s."""
+    from concurrent.futures import ThreadPoolExecutor
+
     array = np.ones(int(gib * (1 << 30)) // 4, dtype=np.float32)
+    parts = np.array_split(array, threads)
     times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        array.sum()
-        times.append(time.perf_counter() - start)
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            list(pool.map(np.sum, parts))
+            times.append(time.perf_counter() - start)
     return array.nbytes / statistics.median(times) / 1e9
+
+
+# The decode GEMVs alone: a chain of GEMV_LAYERS [1, K] x [K, K] MatMuls (K = GEMV_K), so the
+# weights (64 MiB in int4, 512 MiB in fp32) stream from DRAM, never from the 32 MiB L3.
+GEMV_K = 4096
+GEMV_LAYERS = 8
+GEMV_VARIANTS = {
+    # name: pass pipeline (weight-only quantization; activations stay float32)
+    "fp32": "cleanup",
+    "int8": "cleanup,quantize(bits=8,group=128)",
+    "int4": "cleanup,quantize(bits=4,group=128)",
+}
+
+
+def gemv_chain(k: int = GEMV_K, layers: int = GEMV_LAYERS, seed: int = 0):
+    """``y = x · W_1 · … · W_layers`` with ``x`` ``[1, k]``: one decode step's GEMVs, no rest."""
+    import onnx_ir as ir
+
+    rng = np.random.default_rng(seed)
+    x = ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape([1, k]))
+    nodes, current, weights = [], x, []
+    for i in range(layers):
+        w = (rng.standard_normal((k, k)) / np.sqrt(k)).astype(np.float32)
+        weight = ir.Value(name=f"w{i}", const_value=ir.tensor(w, name=f"w{i}"))
+        weight.shape, weight.dtype = ir.Shape([k, k]), ir.DataType.FLOAT
+        weights.append(weight)
+        node = ir.node("MatMul", [current, weight], name=f"gemv{i}")
+        out = node.outputs[0]
+        out.name, out.dtype, out.shape = ("y" if i == layers - 1 else f"h{i}"), x.dtype, x.shape
+        nodes.append(node)
+        current = node.outputs[0]
+    graph = ir.Graph([x], [current], nodes=nodes, initializers=weights, opset_imports={"": 21})
+    return ir.Model(graph, ir_version=10)
+
+
+def bench_gemv(cache: Path, args, bandwidth_gbs: float) -> dict:
+    """fp32, int8 and int4 weight GEMVs (``GEMV_LAYERS`` × ``GEMV_K``²) against onnxruntime on
+    the same ONNX model (MatMul, or MatMulNBits for the quantized ones): the weight bytes each run
+    reads over its median time, and that as a share of the measured read bandwidth."""
+    import onnx_ir as ir
+
+    from compiler.artifact import read_manifest
+    from compiler.bench import bench_artifact
+    from compiler.builder import build
+
+    source = cache / "gemv" / "gemv.onnx"
+    if not source.exists():
+        source.parent.mkdir(parents=True, exist_ok=True)
+        ir.save(gemv_chain(), source, external_data="gemv.onnx.data")
+    entry: dict = {"k": GEMV_K, "layers": GEMV_LAYERS, "variants": {}}
+    for variant, passes in GEMV_VARIANTS.items():
+        artifact = cache / "gemv" / variant
+        build(source, artifact, passes=passes, verify=False)
+        result = bench_artifact(
+            artifact,
+            runs=args.runs,
+            warmup=args.warmup,
+            threads=args.threads,
+            against=("onnxruntime",),
+        )
+        weight_bytes = read_manifest(artifact)["files"]["weights.safetensors"]["bytes"]
+        gbs = {k: weight_bytes / (v / 1e3) / 1e9 for k, v in result.medians_ms.items()}
+        entry["variants"][variant] = {
+            "weight_bytes": weight_bytes,
+            "read_gbs": gbs,
+            "share_of_bandwidth": {k: v / bandwidth_gbs for k, v in gbs.items()},
+            **result.to_json(),
+        }
+        print(
+            f"gemv {variant}: ours {result.medians_ms['compiler']:.2f} ms = {gbs['compiler']:.1f}"
+            f" GB/s ({gbs['compiler'] / bandwidth_gbs:.0%} of {bandwidth_gbs:.1f}), onnxruntime "
+            f"{result.medians_ms['onnxruntime']:.2f} ms = {gbs['onnxruntime']:.1f} GB/s",
+            flush=True,
+        )
+    return entry
 
 
 def bench_decode(name: str, model, cache: Path, args) -> dict:
@@ -101,15 +184,20 @@ def bench_decode(name: str, model, cache: Path, args) -> dict:
 
 def ratio_chart(results: dict) -> str:
     """A self-contained SVG bar chart: each runtime's latency as a ratio to onnxruntime."""
+    entries = {}
+    for model, entry in results["models"].items():
+        for variant, sub in entry.get("variants", {}).items():  # gemv: one row group per dtype
+            entries[f"{model}-{variant}"] = sub
+        entries.setdefault(model, entry)
     rows = [
         (model, runtime, ratio)
-        for model, entry in results["models"].items()
+        for model, entry in entries.items()
         for runtime, ratio in entry.get("ratios_to_onnxruntime", {}).items()
     ]
     colors = {"compiler": "#1f77b4", "onnxruntime": "#7f7f7f", "torch": "#ff7f0e"}
     bar, gap, left, width = 18, 10, 230, 420
     top = max((r for *_, r in rows), default=1.0)
-    height = 40 + len(rows) * (bar + 4) + gap * len(results["models"])
+    height = 40 + len(rows) * (bar + 4) + gap * len(entries)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 80}" height="{height}" '
         'font-family="sans-serif" font-size="12">',
@@ -137,12 +225,18 @@ def ratio_chart(results: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="gpt2,bert,llama,gpt2-decode")
+    parser.add_argument("--models", default="gpt2,bert,llama,gpt2-decode,gemv")
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--pipeline", default="O1", help="pass pipeline for our builds (O1, O2)")
-    parser.add_argument("--torch-compile", action="store_true")
+    parser.add_argument(
+        "--torch-compile", action="store_true", help="also time torch.compile (inductor)"
+    )
+    parser.add_argument(
+        "--tuning-db",
+        help="a `compiler tune` database: also build and time each model with its records",
+    )
     parser.add_argument(
         "--isolated",
         action="store_true",
@@ -168,11 +262,24 @@ def main() -> int:
         "threads": args.threads,
         "runs": args.runs,
         "pipeline": args.pipeline,
-        "memory_read_gbs": memory_bandwidth_gbs(),
+        "memory_read_gbs_by_threads": {
+            n: memory_bandwidth_gbs(threads=n) for n in sorted({1, args.threads})
+        },
         "models": {},
     }
-    print(f"memory read bandwidth: {results['memory_read_gbs']:.1f} GB/s", flush=True)
+    # The larger of the single- and multi-threaded reads: shares of it are never flattered.
+    results["memory_read_gbs"] = max(results["memory_read_gbs_by_threads"].values())
+    print(
+        "memory read bandwidth: "
+        + ", ".join(
+            f"{v:.1f} GB/s ({n} threads)" for n, v in results["memory_read_gbs_by_threads"].items()
+        ),
+        flush=True,
+    )
     for name in args.models.split(","):
+        if name == "gemv":
+            results["models"][name] = bench_gemv(cache, args, results["memory_read_gbs"])
+            continue
         arch, config, output = MODELS[name]
         module, inputs, input_names = make_example(arch, **config)
         if name.endswith("-decode"):
@@ -188,6 +295,24 @@ def main() -> int:
         start = time.perf_counter()
         built = build(onnx_path, cache / name / "artifact", pipeline=args.pipeline)
         build_seconds = time.perf_counter() - start
+        extra = {}
+        if args.tuning_db:  # the same model built from the tuning records, timed alongside
+            from compiler.runtime import load
+
+            tuned_build = build(
+                onnx_path, cache / name / "tuned", pipeline=args.pipeline, tuning_db=args.tuning_db
+            )
+            tuned = load(cache / name / "tuned")
+            extra["compiler-tuned"] = tuned
+            tuned_kernels = tuned_build.report["tuning"]["tuned_kernels"]
+        if args.torch_compile:
+            compiled = torch.compile(module)
+
+            def run_compiled(_seeded, compiled=compiled, example=inputs):
+                with torch.inference_mode():  # the torch example inputs, as torch eager gets
+                    return compiled(*example)
+
+            extra["torch.compile"] = run_compiled
         result = bench_artifact(
             cache / name / "artifact",
             runs=args.runs,
@@ -196,6 +321,7 @@ def main() -> int:
             against=("onnxruntime", "torch"),
             torch_module=module,
             torch_inputs=inputs,
+            extra=extra,
         )
         entry = {
             "config": config,
@@ -214,17 +340,8 @@ def main() -> int:
                 + f"  (ours {isolated.ratios['compiler']:.2f}× onnxruntime)",
                 flush=True,
             )
-        if args.torch_compile:
-            compiled = torch.compile(module)
-            with torch.inference_mode():
-                for _ in range(args.warmup):
-                    compiled(*inputs)
-                times = []
-                for _ in range(args.runs):
-                    start = time.perf_counter()
-                    compiled(*inputs)
-                    times.append((time.perf_counter() - start) * 1e3)
-            entry["torch_compile_ms"] = statistics.median(times)
+        if args.tuning_db:
+            entry["tuned_kernels_from_database"] = tuned_kernels
         results["models"][name] = entry
         ratios = ", ".join(f"{k} {v:.2f}×" for k, v in result.ratios.items())
         medians = ", ".join(f"{k} {v:.2f} ms" for k, v in result.medians_ms.items())

@@ -1,0 +1,24 @@
+"""tools/bench.py's GEMV chain: the model it times is the math it claims."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from backends.onnxruntime.reference import ReferenceSession
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+import bench  # noqa: E402
+
+
+def test_gemv_chain_is_a_product_of_square_weights(tmp_path):
+    model = bench.gemv_chain(k=64, layers=3, seed=1)
+    weights = [model.graph.initializers[f"w{i}"].const_value.numpy() for i in range(3)]
+    assert all(w.dtype == np.float32 and w.shape == (64, 64) for w in weights)
+    ir.save(model, tmp_path / "g.onnx")
+    x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
+    (y,) = ReferenceSession(tmp_path / "g.onnx").run({"x": x}).values()
+    np.testing.assert_allclose(y, x @ weights[0] @ weights[1] @ weights[2], rtol=1e-5, atol=1e-6)

@@ -62,7 +62,7 @@ from compiler.instruments import (
     TimingInstrument,
     VerifyInstrument,
 )
-from compiler.model_info import TensorSpec, concrete_shape, model_stats, signature
+from compiler.model_info import TensorSpec, concrete_shape, index_ranges, model_stats, signature
 from compiler.numerics import max_error, random_inputs
 from compiler.pass_manager import Instrument, PassContext, PassManager
 from compiler.pass_registry import PassRegistry
@@ -213,6 +213,7 @@ def build(
     timings["load"] = time.perf_counter() - t0
 
     inputs_spec, outputs_spec = signature(model)
+    ranges = index_ranges(model)  # token ids and other indices the runtime bounds-checks
     calib = _calibration(calibration, model, tokenizer)
     # Real inputs make the check meaningful for models whose numerics depend on the data
     # (quantized activations); without calibration data, seeded random ones.
@@ -334,7 +335,10 @@ def build(
         _release_weights(model)
         manifest_base = {
             "name": Path(source_name).stem if isinstance(source, (str, Path)) else source_name,
-            "inputs": [s.to_json() for s in inputs_spec],
+            "inputs": [
+                {**s.to_json(), **({"index_range": ranges[s.name]} if s.name in ranges else {})}
+                for s in inputs_spec
+            ],
             "outputs": [s.to_json() for s in outputs_spec],
             "target": compiled.target,
             **code,

@@ -15,7 +15,14 @@ import onnx_ir as ir
 
 from compiler.errors import InputError
 
-__all__ = ["ModelStats", "TensorSpec", "concrete_shape", "model_stats", "signature"]
+__all__ = [
+    "ModelStats",
+    "TensorSpec",
+    "concrete_shape",
+    "index_ranges",
+    "model_stats",
+    "signature",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +62,40 @@ def signature(model: ir.Model) -> tuple[list[TensorSpec], list[TensorSpec]]:
     inputs = [_spec(v) for v in model.graph.inputs if v.name not in initializers]
     outputs = [_spec(v) for v in model.graph.outputs]
     return inputs, outputs
+
+
+# Ops whose ``indices`` input (position 1) selects along ``axis`` of the data (position 0).
+_INDEXING_OPS = {"Gather": 0, "GatherElements": 0}
+
+
+def index_ranges(model: ir.Model) -> dict[str, dict]:
+    """For each integer graph input used directly as the indices of a Gather/GatherElements
+    whose data has a static extent ``d`` along the gathered axis: the valid range ``[-d, d)``
+    (ONNX counts negative indices from the end) and the node that sets it.
+
+    Compiled gathers do not check bounds (TVM's ``take`` reads out of bounds: garbage or a
+    crash), so the runtime checks these inputs before the call. With several such uses the
+    tightest range wins.
+    """
+    ranges: dict[str, dict] = {}
+    inputs = {v.name for v in model.graph.inputs if v.name not in model.graph.initializers}
+    for node in model.graph:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in _INDEXING_OPS:
+            continue
+        if len(node.inputs) < 2 or node.inputs[1] is None or node.inputs[1].name not in inputs:
+            continue
+        data = node.inputs[0]
+        attribute = node.attributes.get("axis")
+        axis = attribute.as_int() if attribute is not None else _INDEXING_OPS[node.op_type]
+        if data is None or data.shape is None or not -len(data.shape) <= axis < len(data.shape):
+            continue
+        extent = data.shape[axis]
+        if not isinstance(extent, int):
+            continue
+        name = node.inputs[1].name
+        if name not in ranges or extent < ranges[name]["high"]:
+            ranges[name] = {"low": -extent, "high": extent, "node": node.name, "op": node.op_type}
+    return ranges
 
 
 def concrete_shape(spec: TensorSpec, overrides: Mapping[str, int] | None = None) -> tuple[int, ...]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from compiler.artifact import LIBRARY_FILE, WEIGHTS_FILE, read_manifest
 from compiler.errors import ArtifactError, BackendError, InputError
+from compiler.narrow_storage import from_storage, to_storage
 from compiler.safetensors_io import SafetensorsError, read_safetensors
 
 __all__ = ["CompiledModel", "load"]
@@ -113,6 +114,9 @@ class CompiledModel:
                     raise InputError(
                         f"input {name!r} must have shape {shape}, got {list(array.shape)}"
                     )
+        bounds = spec.get("index_range")
+        if bounds is not None and array.size:
+            _check_index_range(name, array, bounds)
         # np.ascontiguousarray returns at least 1-d arrays: a scalar input would become [1].
         return np.require(array, requirements="C")
 
@@ -125,7 +129,8 @@ class CompiledModel:
         arrays = [self._check(spec, given[spec["name"]]) for spec in self.inputs]
         _check_symbolic_dims(self.inputs, arrays)
         try:
-            args = [tvm.runtime.tensor(array, self.device) for array in arrays]
+            # Narrow dtypes (float8, int4, ...) cross the library as bytes: compiler.narrow_storage
+            args = [tvm.runtime.tensor(to_storage(array), self.device) for array in arrays]
             values = _flatten(self._vm["main"](*args, *self._params))
         except Exception as e:  # TVM's own errors (an unsupported dtype, a failed check)
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -135,7 +140,22 @@ class CompiledModel:
                 f"{self.path}: the library returned {len(values)} outputs, the manifest lists "
                 f"{len(self.outputs)}"
             )
-        return {spec["name"]: value for spec, value in zip(self.outputs, values, strict=True)}
+        return {
+            spec["name"]: from_storage(value, spec["dtype"])
+            for spec, value in zip(self.outputs, values, strict=True)
+        }
+
+
+def _check_index_range(name: str, array: np.ndarray, bounds: dict[str, Any]) -> None:
+    """Indices out of ``[low, high)`` would make the compiled gather read out of bounds."""
+    low, high = int(bounds["low"]), int(bounds["high"])
+    bad = (array < low) | (array >= high)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(
+            f"input {name!r} has {array[where]} at index {list(where)}, outside [{low}, {high}): "
+            f"it indexes {bounds['op']} node {bounds['node']!r} (an axis of {high})"
+        )
 
 
 def require_inputs(given: Mapping[str, Any], names: list[str]) -> None:
@@ -197,10 +217,15 @@ def load(
     Every file's sha256 is checked against the manifest first; ``verify=False`` skips that, for a
     caller that has just verified an enclosing artifact (an LLM folder's own manifest).
     A partitioned artifact (``partition`` pass) runs its stages one after the other in this
-    process (:class:`compiler.stages.PipelineModel`; worker processes: ``compiler.stages``).
+    process (:class:`compiler.stages.PipelineModel`; worker processes: ``compiler.stages``), a
+    tensor-parallel one its shards (:class:`compiler.tensor_parallel.ShardedModel`; worker
+    processes: ``compiler.tensor_parallel``).
     """
     from compiler.stages import PipelineModel, is_staged
+    from compiler.tensor_parallel import ShardedModel, is_sharded
 
     if is_staged(path):
         return PipelineModel(path, device=device, verify=verify)
+    if is_sharded(path):
+        return ShardedModel(path, device=device, verify=verify)
     return CompiledModel(path, device=device, verify=verify)

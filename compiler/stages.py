@@ -33,9 +33,11 @@ from compiler.artifact import MANIFEST_FILE, read_manifest
 from compiler.errors import ArtifactError, InputError
 
 __all__ = [
+    "THREAD_VARIABLES",
     "PipelineModel",
     "ProcessPipeline",
     "assign_stages",
+    "environment",
     "is_staged",
     "pack_arrays",
     "split_micro_batches",
@@ -185,7 +187,7 @@ def assign_stages(stages: int, workers: int) -> list[list[int]]:
     return groups
 
 
-_THREAD_VARIABLES = (
+THREAD_VARIABLES = (
     "TVM_NUM_THREADS",
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
@@ -194,7 +196,7 @@ _THREAD_VARIABLES = (
 
 
 @contextlib.contextmanager
-def _environment(values: Mapping[str, str]):
+def environment(values: Mapping[str, str]):
     """Sets environment variables while a child process is spawned (it copies them)."""
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
@@ -295,7 +297,7 @@ class ProcessPipeline:
         pipes = [context.Pipe(duplex=False) for _ in range(workers + 1)]  # (reader, writer)
         self._first = pipes[0][1]
         self._last = pipes[workers][0]
-        variables = {name: str(threads) for name in _THREAD_VARIABLES}
+        variables = {name: str(threads) for name in THREAD_VARIABLES}
         try:
             for w, group in enumerate(self.groups):
                 later = {n for s in stages[group[-1] + 1 :] for n in s["inputs"]}
@@ -308,7 +310,7 @@ class ProcessPipeline:
                     daemon=True,
                     name=f"compiler-stage-worker-{w}",
                 )
-                with _environment(variables):
+                with environment(variables):
                     process.start()
                 self._processes.append(process)
                 self._controls.append(reader)

@@ -14,6 +14,20 @@ and split into each ``--stages`` count, then measures:
   each pinned to its own core, against the same stages on 1 worker process on one core;
   medians of ``--repeats`` interleaved runs.
 
+With ``--tensor K`` it also builds the tensor-parallel artifact (``partition(mode=tensor,
+shards=K)``) and measures:
+
+* **numerics**: the artifact in-process, and on ``K`` worker processes (one per shard, each
+  pinned to its own core), against the whole artifact: max relative error;
+* **latency**: one feed at a time through the ``K`` workers against the whole artifact in this
+  process pinned to one core (one thread each: the same compute per process); medians of
+  ``--repeats`` × ``--micro-batches`` interleaved runs, and each worker's split of its time
+  between computing and exchanging.
+
+``--tensor K`` alone skips the pipeline measurements (give ``--stages`` to run both)::
+
+    python tools/bench_partition.py --tensor 2 --out tools/results/partition_tensor.json
+
 Writes one JSON object (stdout, and ``--out``). Other processes on the machine share the cores:
 the JSON records the load average before and after.
 """
@@ -65,6 +79,86 @@ def refine_profile(artifact: Path, model_path: Path, stage_seconds: list[float])
     }
 
 
+def measure_tensor(args, onnx_path: Path, work: Path, feeds, expected, cores, build_seconds):
+    """The tensor-parallel artifact: errors in-process and on workers, latency vs one process."""
+    import compiler.runtime
+    from compiler.builder import build
+    from compiler.tensor_parallel import ShardWorkers
+
+    shards = args.tensor
+    if len(cores) < shards:
+        raise SystemExit(f"--tensor {shards} needs {shards} cores")
+    directory = work / f"tensor{shards}"
+    t0 = time.perf_counter()
+    passes = f"cleanup,partition(mode=tensor,shards={shards})"
+    if not (args.reuse and (directory / "manifest.json").exists()):
+        build(onnx_path, directory, passes=passes, latency_runs=0)
+        build_seconds[f"tensor{shards}"] = time.perf_counter() - t0
+        log(f"built {shards} shards in {build_seconds[f'tensor{shards}']:.0f} s")
+    plan = json.loads((directory / "report.json").read_text())["partition"]
+    entry: dict = {
+        "shards": shards,
+        "groups": len(plan["groups"]),
+        "segments": len(plan["segments"]),
+        "group_kinds": {
+            k: [g["kind"] for g in plan["groups"]].count(k)
+            for k in sorted({g["kind"] for g in plan["groups"]})
+        },
+        "replicated_matmuls": plan["replicated_matmuls"],
+        "exchange_bytes_per_run": plan["exchange_bytes"],
+        "flops": plan["flops"],
+    }
+    sharded = compiler.runtime.load(directory)
+    entry["in_process_max_relative_error"] = max(
+        relative_error(sharded(f)["logits"], e) for f, e in zip(feeds, expected, strict=False)
+    )
+    del sharded
+    whole = compiler.runtime.load(work / "whole")
+    with ShardWorkers(directory, cores=cores[:shards]) as workers:
+        outputs = workers.run_many(feeds[: len(expected)])
+        entry["workers_max_relative_error"] = max(
+            relative_error(o["logits"], e) for o, e in zip(outputs, expected, strict=True)
+        )
+        log(
+            f"tensor parallel: errors {entry['in_process_max_relative_error']:.2e} (in-process), "
+            f"{entry['workers_max_relative_error']:.2e} ({shards} workers)"
+        )
+        workers(feeds[0])
+        whole(feeds[0])
+        seconds: dict[str, list[float]] = {"one_process": [], f"{shards}_workers": []}
+        timings = []
+        try:
+            for _ in range(args.repeats):  # interleaved, one feed at a time
+                for f in feeds:
+                    os.sched_setaffinity(0, {cores[0]})  # the single process: one core
+                    t0 = time.perf_counter()
+                    whole(f)
+                    seconds["one_process"].append(time.perf_counter() - t0)
+                    os.sched_setaffinity(0, set(cores))  # the driver mostly waits: any core
+                    t0 = time.perf_counter()
+                    workers(f)
+                    seconds[f"{shards}_workers"].append(time.perf_counter() - t0)
+                    timings.append(workers.timings[0])
+        finally:
+            os.sched_setaffinity(0, set(cores))
+    entry["latency_ms"] = {
+        k: {"median": 1e3 * float(np.median(v)), "min": 1e3 * float(np.min(v)), "runs": len(v)}
+        for k, v in seconds.items()
+    }
+    entry["speedup"] = float(
+        np.median(seconds["one_process"]) / np.median(seconds[f"{shards}_workers"])
+    )
+    entry["worker_ms"] = [
+        {k: 1e3 * float(np.median([t[w][k] for t in timings])) for k in ("compute_s", "exchange_s")}
+        for w in range(shards)
+    ]
+    log(
+        f"tensor parallel: {entry['latency_ms']} speedup {entry['speedup']:.2f}x, "
+        f"per worker {entry['worker_ms']}"
+    )
+    return entry
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=12)
@@ -72,12 +166,18 @@ def main() -> int:
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--seq", type=int, default=32)
-    parser.add_argument("--stages", default="2,4")
+    parser.add_argument("--stages", default=None, help="stage counts (default 2,4)")
+    parser.add_argument("--tensor", type=int, default=0, help="shards of a tensor-parallel build")
     parser.add_argument("--micro-batches", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--stage-runs", type=int, default=9)
     parser.add_argument("--refine", action="store_true", help="re-partition on measured times")
     parser.add_argument("--work", default="/tmp/bench_partition")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse the exported model, the whole and the tensor-parallel builds in --work",
+    )
     parser.add_argument("--out")
     args = parser.parse_args()
 
@@ -97,15 +197,18 @@ def main() -> int:
     }
     onnx_path = work / "gpt2.onnx"
     t0 = time.perf_counter()
-    export_onnx("gpt2", onnx_path, **config)
-    log(f"exported GPT-2 {config} in {time.perf_counter() - t0:.0f} s")
+    if not (args.reuse and onnx_path.exists()):
+        export_onnx("gpt2", onnx_path, **config)
+        log(f"exported GPT-2 {config} in {time.perf_counter() - t0:.0f} s")
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
         raise SystemExit("needs 2 cores")
     t0 = time.perf_counter()
-    build(onnx_path, work / "whole", latency_runs=0)
-    build_seconds = {"whole": time.perf_counter() - t0}
-    log(f"built the whole model in {build_seconds['whole']:.0f} s")
+    build_seconds = {}
+    if not (args.reuse and (work / "whole" / "manifest.json").exists()):
+        build(onnx_path, work / "whole", latency_runs=0)
+        build_seconds["whole"] = time.perf_counter() - t0
+        log(f"built the whole model in {build_seconds['whole']:.0f} s")
     whole = compiler.runtime.load(work / "whole")
     rng = np.random.default_rng(0)
     feeds = [
@@ -121,7 +224,9 @@ def main() -> int:
         "threads_per_process": 1,
         "stages": {},
     }
-    for count in [int(c) for c in args.stages.split(",")]:
+    if args.stages is None:
+        args.stages = "" if args.tensor else "2,4"
+    for count in [int(c) for c in args.stages.split(",") if c]:
         entry: dict = {}
         passes = f"cleanup,partition(stages={count})"
         t0 = time.perf_counter()
@@ -206,6 +311,10 @@ def main() -> int:
         entry["pipelined_max_relative_error"] = check
         log(f"{count} stages: speedup {entry['speedup']:.2f}x ({rates})")
         result["stages"][str(count)] = entry
+    if args.tensor:
+        result["tensor"] = measure_tensor(
+            args, onnx_path, work, feeds, expected, cores, build_seconds
+        )
     result["build_seconds"] = build_seconds
     result["machine"]["loadavg_after"] = os.getloadavg()
     text = json.dumps(result, indent=2)

@@ -108,6 +108,7 @@ SHAPE_LIKE_INPUTS: dict[str, frozenset[str]] = {
         "MelWeightMatrix": "num_mel_bins dft_length sample_rate lower_edge_hertz upper_edge_hertz",
         "NonMaxSuppression": "max_output_boxes_per_class iou_threshold score_threshold",
         "OneHot": "depth",
+        "Loop": "M cond",  # the trip count and first condition set the scan outputs' length
         "Pad": "pads constant_value axes",
         "Range": "start limit delta",
         "ReduceL1": "axes",
@@ -357,6 +358,15 @@ def fold_shape_inputs(case: Case) -> onnx.ModelProto:
         for name, formal in zip(node.input, _schema_input_names(node, opset), strict=False):
             if formal in wanted and isinstance(values.get(name), np.ndarray):
                 fold.add(name)
+    # An expanded case is the op's function body, its graph inputs named as the op's inputs.
+    expanded_op = case.op.removesuffix(" (expanded)")
+    if expanded_op != case.op:
+        wanted = SHAPE_LIKE_INPUTS.get(expanded_op, frozenset())
+        fold |= {
+            v.name
+            for v in graph.input
+            if v.name in wanted and isinstance(values.get(v.name), np.ndarray)
+        }
     if not fold:
         return model
     kept = [v for v in graph.input if v.name not in fold]

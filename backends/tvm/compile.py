@@ -151,12 +151,20 @@ def import_relax(
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
+    from backends.tvm.control_flow import has_control_flow, lower_control_flow
     from backends.tvm.converters import extended_converters
+    from backends.tvm.narrow_dtypes import lower_narrow_dtypes, needs_narrow_lowering
     from backends.tvm.quantized import QUANTIZED_OPS, lower_quantized
 
     if packed_kernels and any(node.op_type in QUANTIZED_OPS for node in model.graph):
         model = model.clone()  # tensors are shared, not copied; the caller's graph is untouched
         lower_quantized(model)
+    if has_control_flow(model):  # If/Loop/Scan unrolled: TVM's importer has no converter
+        model = model.clone()
+        lower_control_flow(model)
+    if needs_narrow_lowering(model):  # float8/float4/int4/int2 tensors as bytes, see the module
+        model = model.clone()
+        lower_narrow_dtypes(model)
     bad = unsupported_nodes(model)
     if bad:
         node = bad[0]

@@ -18,7 +18,7 @@ wraps that function for the duration of one import, adding or replacing entries 
 Standard ops TVM's importer lacks or converts wrongly, found by ``tools/conformance.py`` (the
 ONNX backend node tests; each class says what TVM gets wrong):
 
-* ``Attention`` (opset 23/24, :class:`StandardAttention`; com.microsoft ``Attention`` still goes
+* ``Attention`` (opset 23-25, :class:`StandardAttention`; com.microsoft ``Attention`` still goes
   to TVM's converter), ``RotaryEmbedding``, ``RMSNormalization``, ``LayerNormalization`` (with
   its Mean/InvStdDev outputs), ``OneHot`` with runtime values;
 * ``Shape`` of a static shape is a constant, ``Constant`` accepts ``value_float(s)`` and
@@ -96,6 +96,10 @@ def _scalar(value: float, dtype: str):
     return relax.op.astype(relax.const(value, "float32"), dtype)
 
 
+def _np_dtype(dtype: str) -> np.dtype:
+    return np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+
+
 def _to_bias(bb, mask, dtype: str):
     """A boolean mask (True: attend) as an additive bias 0 / -inf; a float mask as is."""
     if _dtype(mask) == "bool":
@@ -104,7 +108,7 @@ def _to_bias(bb, mask, dtype: str):
 
 
 class StandardAttention(OnnxOpConverter):
-    """ONNX ``Attention`` (opset 23/24): scaled dot-product attention with masks, KV cache, GQA.
+    """ONNX ``Attention`` (opset 23-25): scaled dot-product attention with masks, KV cache, GQA.
 
     Mirrors ``onnx.reference.ops.op_attention``: 3D inputs are split into heads
     (``q_num_heads``/``kv_num_heads``); Q and K are each scaled by ``sqrt(scale)``
@@ -112,10 +116,15 @@ class StandardAttention(OnnxOpConverter):
     in front of K/V (and returned as ``present_*``); the bias is the mask (a bool mask as
     0/-inf, padded with -inf to the KV length), plus the bottom-right causal mask when
     ``is_causal`` (offset by the past length, or per batch by ``nonpad_kv_seqlen - q_len``), plus
+    the opset-25 sliding window (query ``i`` at position ``p = i + offset`` attends keys
+    ``p - left_window_size <= j <= p + right_window_size``, a bound of -1 unbounded), plus
     the ``nonpad_kv_seqlen`` padding mask; KV heads are repeated for grouped queries; ``softcap``
     applies ``c * tanh(x / c)`` before the bias; a row whose bias is all -inf gives zeros; the
     fourth output is selected by ``qk_matmul_output_mode`` (0, 1: QK^T after softcap, 2: plus the
-    bias, 3: after softmax). ``softmax_precision`` casts the softmax input.
+    bias, 3: after softmax). ``softmax_precision`` casts the softmax input. With half-precision
+    inputs ``Q·Kᵀ`` accumulates in float32 and the bias, softmax and ``P·V`` run in float32,
+    ``Y`` rounded once (TVM's half matmuls and softmax accumulate in half precision, 2 ULPs off
+    the reference; rounding P to half before ``P·V``, as the reference does, lands 2 ULPs off too).
 
     TVM's table maps ``Attention`` to com.microsoft's converter (attribute ``num_heads``); nodes
     with that attribute are handed to it.
@@ -133,8 +142,6 @@ class StandardAttention(OnnxOpConverter):
             return onnx_frontend.Attention._impl_v1(bb, inputs, attr, params)
         q, k, v = inputs[0], inputs[1], inputs[2]
         mask, past_k, past_v, nonpad = (_input(inputs, i) for i in (3, 4, 5, 6))
-        if attr.get("left_window_size", -1) >= 0 or attr.get("right_window_size", -1) >= 0:
-            raise ValueError("Attention: sliding windows (opset 25) are not supported")
         dtype = _dtype(q)
         rank = len(_shape(q))
         if rank == 3:
@@ -146,11 +153,17 @@ class StandardAttention(OnnxOpConverter):
         batch, q_heads, q_len, head_size = _shape(q)
         scale = attr.get("scale")
         scale = 1.0 / math.sqrt(head_size) if scale is None else scale
-        root = _scalar(float(np.asarray(math.sqrt(scale), dtype=np.float32)), dtype)
+        # sqrt(scale) rounded to the inputs' dtype, as the reference and the function body do.
+        root = float(np.asarray(math.sqrt(scale), dtype=np.float32).astype(_np_dtype(dtype)))
         if past_k is not None:
             k = bb.normalize(relax.op.concat([past_k, k], axis=2))
             v = bb.normalize(relax.op.concat([past_v, v], axis=2))
         present_k, present_v = k, v
+        root = _scalar(root, dtype)
+        # Half inputs: Q·Kᵀ accumulates in float32 (numpy's half matmul does; TVM's accumulates
+        # in half, 2 ULPs off); bias, softmax and P·V run in float32, rounded once at the end.
+        io_dtype = dtype
+        dtype = "float32" if dtype in ("float16", "bfloat16") else dtype
         kv_heads, kv_len = _shape(k)[1], _shape(k)[2]
 
         bias = None
@@ -162,7 +175,9 @@ class StandardAttention(OnnxOpConverter):
                 fill = False if _dtype(mask) == "bool" else -np.inf
                 mask = bb.normalize(relax.op.nn.pad(mask, widths, pad_value=fill))
             bias = _to_bias(bb, mask, dtype)
-        if attr.get("is_causal", 0):
+        left, right = attr.get("left_window_size", -1), attr.get("right_window_size", -1)
+        if attr.get("is_causal", 0) or left >= 0 or right >= 0:
+            # Query i sits at position p = i + offset among the keys; diff = p - j.
             rows = relax.const(np.arange(q_len, dtype=np.int64).reshape(q_len, 1), "int64")
             cols = relax.const(np.arange(kv_len, dtype=np.int64).reshape(1, kv_len), "int64")
             if past_k is None and nonpad is not None:
@@ -172,9 +187,21 @@ class StandardAttention(OnnxOpConverter):
                 )
             else:
                 offset = relax.const(_shape(past_k)[2] if past_k is not None else 0, "int64")
-            allowed = relax.op.less_equal(cols, relax.op.add(rows, offset))
-            causal = relax.op.where(allowed, _scalar(0.0, dtype), _scalar(-np.inf, dtype))
-            bias = bb.normalize(causal if bias is None else relax.op.add(bias, causal))
+            diff = bb.normalize(relax.op.subtract(relax.op.add(rows, offset), cols))
+            limits = []  # (bound, sign): allowed where sign * diff <= bound
+            if attr.get("is_causal", 0):
+                limits.append((0, -1))  # j <= p
+            if left >= 0:
+                limits.append((left, 1))  # p - left <= j
+            if right >= 0:
+                limits.append((right, -1))  # j <= p + right
+            allowed = None
+            for bound, sign in limits:
+                side = diff if sign > 0 else relax.op.negative(diff)
+                ok = relax.op.less_equal(side, relax.const(bound, "int64"))
+                allowed = ok if allowed is None else relax.op.logical_and(allowed, ok)
+            window = relax.op.where(allowed, _scalar(0.0, dtype), _scalar(-np.inf, dtype))
+            bias = bb.normalize(window if bias is None else relax.op.add(bias, window))
         if nonpad is not None:
             cols = relax.const(np.arange(kv_len, dtype=np.int64).reshape(1, 1, 1, kv_len), "int64")
             lengths = relax.op.reshape(relax.op.astype(nonpad, "int64"), (batch, 1, 1, 1))
@@ -189,6 +216,7 @@ class StandardAttention(OnnxOpConverter):
         scores = relax.op.matmul(
             relax.op.multiply(q, root),
             relax.op.permute_dims(relax.op.multiply(k, root), [0, 1, 3, 2]),
+            out_dtype=dtype,
         )
         softcap = attr.get("softcap", 0.0)
         if softcap and softcap > 0:
@@ -215,9 +243,14 @@ class StandardAttention(OnnxOpConverter):
             qk_output = probs
         if _dtype(probs) != dtype:
             probs = relax.op.astype(probs, dtype)
-        if _dtype(qk_output) != dtype:
-            qk_output = relax.op.astype(qk_output, dtype)
+        if _dtype(qk_output) != io_dtype:
+            qk_output = relax.op.astype(qk_output, io_dtype)
+        v = bb.normalize(v)
+        if _dtype(v) != dtype:
+            v = relax.op.astype(v, dtype)
         output = bb.normalize(relax.op.matmul(probs, v))
+        if io_dtype != dtype:
+            output = bb.normalize(relax.op.astype(output, io_dtype))
         if rank == 3:
             b, h, s, d = _shape(output)
             output = relax.op.reshape(relax.op.permute_dims(output, [0, 2, 1, 3]), (b, s, h * d))
@@ -460,6 +493,7 @@ FOLDABLE_OPS = frozenset(
         "Reshape",
         "Size",
         "Slice",
+        "Split",
         "Sqrt",
         "Squeeze",
         "Sub",
@@ -526,10 +560,16 @@ def _folding(converter: type[OnnxOpConverter], op_type: str) -> type[OnnxOpConve
 
 def _converters() -> dict[str, type[OnnxOpConverter]]:
     from backends.tvm.dynamic_shapes import CONVERTERS as DYNAMIC_SHAPE_CONVERTERS
+    from backends.tvm.narrow_dtypes import converters as narrow_dtype_converters
+    from backends.tvm.ops_extra import CONVERTERS as EXTRA_CONVERTERS
+    from backends.tvm.ops_sequence import CONVERTERS as SEQUENCE_CONVERTERS
     from backends.tvm.quantized import PackedGather, PackedMatMul
 
     return {
         **DYNAMIC_SHAPE_CONVERTERS,  # symbolic dims (dynamic sequence length), see the module
+        **narrow_dtype_converters(),  # float8/float4/int4/int2 casts and Q/DQ, see the module
+        **EXTRA_CONVERTERS,  # standard ops TVM lacks or gets wrong (elementwise, signal, ...)
+        **SEQUENCE_CONVERTERS,  # RNN/GRU/LSTM, LinearAttention, CausalConvWithState, Resize
         "SkipLayerNormalization": SkipLayerNormalization,
         "PackedMatMul": PackedMatMul,
         "PackedGather": PackedGather,

@@ -47,6 +47,11 @@ def _spatial_size(info) -> int | None:
     return size
 
 
+def _has_empty_loop(sch: s_tir.Schedule, loops) -> bool:
+    """A loop of extent 0 (an empty slice or split part): fusing it divides by zero in TVM."""
+    return any(get_extent(sch, loop) == 0 for loop in loops)
+
+
 class Reduction(CPUScheduleRule):
     """TVM's CPU reduction rule, refused for kernels whose reductions produce one row only."""
 
@@ -78,14 +83,17 @@ class Injective(CPUScheduleRule):
             return None
         sch = s_tir.Schedule(func)
         infos = normalize_prim_func(sch)
-        if infos is None:
+        if infos is None or any(sch.get(info.block_rv).init is not None for info in infos):
+            # A reduction whose reduce loops all have extent 1 (a depthwise conv1d with kernel
+            # 1) looks injective after normalization, and inlining its consumer into it adds
+            # the consumer's terms in the init *and* the update: a bias counted twice.
             return None
         infos = try_inline(sch, infos)
         if len(infos) != 1 or not infos[0].is_injective():
             return None
         block = infos[0].block_rv
         loops = sch.get_loops(block)
-        if not loops:
+        if not loops or _has_empty_loop(sch, loops):
             return None
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         extent = get_extent(sch, fused)
@@ -122,6 +130,8 @@ class ReductionFallback(CPUScheduleRule):
         if leading == 0:
             return None
         loops = sch.get_loops(infos[0].block_rv)[:leading]
+        if _has_empty_loop(sch, loops):
+            return None
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         extent = get_extent(sch, fused)
         if isinstance(extent, int) and extent < 2:

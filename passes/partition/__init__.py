@@ -1,4 +1,6 @@
-"""Partitioning: pipeline stages (``partition``), each compiled into its own library."""
+"""Partitioning (``partition``): pipeline stages, each compiled into its own library
+(``mode=pipeline``), or Megatron-style tensor parallelism, each shard's segments compiled into
+their own libraries (``mode=tensor``)."""
 
 from __future__ import annotations
 
@@ -9,14 +11,20 @@ from passes.partition.pipeline import (
     node_costs,
     partition_plan,
 )
-from passes.partition.split import StageModel, split_stages
+from passes.partition.split import StageModel, split_shards, split_stages
+from passes.partition.tensor import GROUP_KEY, SEGMENT_KEY, SHARD_KEY, shard_model
 
 __all__ = [
+    "GROUP_KEY",
     "PLAN_KEY",
+    "SEGMENT_KEY",
+    "SHARD_KEY",
     "STAGE_KEY",
     "PartitionPass",
     "StageModel",
     "node_costs",
     "partition_plan",
+    "shard_model",
+    "split_shards",
     "split_stages",
 ]

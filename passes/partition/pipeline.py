@@ -33,6 +33,8 @@ inputs are handed to every stage that uses them by the runtime.
 The pass only annotates: each node gets ``compiler.partition.stage`` in its metadata, and the
 model gets the plan (``compiler.partition``: stages with their cost, FLOPs, node count, inputs
 and outputs; edges with the values and bytes that flow between stages). Numerics do not change.
+
+``partition(mode=tensor, shards=K)`` shards the weights instead: :mod:`passes.partition.tensor`.
 """
 
 from __future__ import annotations
@@ -260,14 +262,20 @@ def _infer_missing_shapes(model: ir.Model) -> None:
 
 
 class PartitionPass(ir.passes.InPlacePass):
-    """Splits the graph into pipeline stages for several devices or processes.
+    """Splits the model across devices or processes: pipeline stages, or tensor-parallel shards.
 
     ``mode=pipeline``: ``stages`` contiguous runs of a topological order, balanced by the
     roofline cost model (or a measured ``profile``, a JSON file of seconds per node name) within
     ``balance``, with the fewest activation bytes crossing between stages. Annotates nodes and
     records the stage graph; numerics do not change. ``build`` then compiles each stage into its
-    own library. (``mode=tensor``, sharding weights across devices, is not written yet.)
-    Refuses more stages than nodes.
+    own library. Refuses more stages than nodes.
+
+    ``mode=tensor``: splits every MatMul/Gemm weight ``shards`` ways (0 means 2), Megatron-style
+    (:mod:`passes.partition.tensor`): column-sharded matmuls, the ops after them on the slices,
+    row-sharded matmuls that end a block with one all-reduce (``Sum``); an all-gather (``Concat``)
+    where no block pairs. Rewrites the graph (equal up to summation order) and annotates its
+    segments; ``build`` compiles one library per segment and shard. Refuses ``shards < 2`` and
+    a model none of whose weights ``shards`` divides.
     """
 
     name = "partition"
@@ -276,17 +284,26 @@ class PartitionPass(ir.passes.InPlacePass):
         self,
         *,
         stages: int = 2,
-        mode: Literal["pipeline"] = "pipeline",
+        mode: Literal["pipeline", "tensor"] = "pipeline",
         balance: float = 0.05,
         profile: str = "",
+        shards: int = 0,
     ) -> None:
         super().__init__()
         if stages < 1:
             raise InputError(f"partition: stages must be at least 1, not {stages}")
         if balance < 0:
             raise InputError(f"partition: balance must be non-negative, not {balance}")
+        if mode == "tensor":
+            shards = shards or 2  # 0: the default
+            if shards < 2:
+                raise InputError(f"partition(mode=tensor): shards must be at least 2, not {shards}")
+        elif shards:
+            raise InputError(
+                f"partition: shards={shards} is an option of mode=tensor (mode={mode} takes stages)"
+            )
         self.stages, self.mode, self.balance = stages, mode, balance
-        self.profile = profile
+        self.profile, self.shards = profile, shards
 
     def _profile(self) -> dict[str, float] | None:
         if not self.profile:
@@ -301,6 +318,11 @@ class PartitionPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         _infer_missing_shapes(model)
+        if self.mode == "tensor":
+            from passes.partition.tensor import shard_model
+
+            model.metadata_props[PLAN_KEY] = json.dumps(shard_model(model, self.shards))
+            return ir.passes.PassResult(model, True)
         nodes = topological_nodes(model.graph)
         if len(nodes) < self.stages:
             raise InputError(

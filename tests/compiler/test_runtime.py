@@ -102,20 +102,41 @@ print(sorted(banned))
 
 
 def test_a_failure_inside_the_compiled_code_is_a_backend_error(tmp_path):
-    """TVM's own run-time errors (here: TopK has no uint64 kernel) surface as one documented
-    error naming the artifact, not as a raw TVM exception (found by tools/conformance.py)."""
+    """Run-time errors inside the compiled code (here: a MatMul whose symbolic inner dims K and J
+    turn out different, caught by the GEMM kernel) surface as one documented error naming the
+    artifact, not as a raw TVM exception (found by tools/conformance.py)."""
     from compiler.builder import build
     from compiler.errors import BackendError
     from tests.helpers import model_from_text
 
+    model = model_from_text("g (float[2,K] x, float[J,3] w) => (float[2,3] y) { y = MatMul(x, w) }")
+    build(model, tmp_path / "mm", verify=False, latency_runs=0)
+    feeds = {"x": np.ones((2, 4), np.float32), "w": np.ones((5, 3), np.float32)}
+    with pytest.raises(BackendError, match=r"mm: the compiled model failed to run: .*mismatch"):
+        load(tmp_path / "mm")(feeds)
+
+
+def test_indices_out_of_range_are_refused_before_the_compiled_gather_reads_them(tmp_path):
+    """The compiled Gather does not check bounds (TVM's fast ``take`` reads past the table):
+    an out-of-range token id is an InputError naming the input, the value and the node."""
+    from compiler.builder import build
+    from compiler.errors import InputError
+    from tests.helpers import model_from_text
+
     model = model_from_text(
         """
-        g (uint64[3,4] x) => (uint64[3,2] v, int64[3,2] i) {
-          k = Constant <value = int64[1] {2}> ()
-          v, i = TopK(x, k)
+        g (int64[1,3] ids) => (float[1,3,4] y) <float[10,4] table = {
+            0,1,2,3, 4,5,6,7, 8,9,10,11, 12,13,14,15, 16,17,18,19,
+            20,21,22,23, 24,25,26,27, 28,29,30,31, 32,33,34,35, 36,37,38,39}> {
+          y = Gather <axis = 0> (table, ids)
         }
         """
     )
-    build(model, tmp_path / "topk", verify=False, latency_runs=0)
-    with pytest.raises(BackendError, match=r"topk: the compiled model failed to run: .*uint64"):
-        load(tmp_path / "topk")({"x": np.arange(12, dtype=np.uint64).reshape(3, 4)})
+    build(model, tmp_path / "emb", verify=False, latency_runs=0)
+    embed = load(tmp_path / "emb")
+    table = np.arange(40, dtype=np.float32).reshape(10, 4)
+    ids = np.array([[0, 9, -10]])
+    np.testing.assert_array_equal(embed({"ids": ids})["y"], table[ids])
+    for bad, value in ((np.array([[0, 10, 1]]), 10), (np.array([[-11, 0, 1]]), -11)):
+        with pytest.raises(InputError, match=rf"'ids' has {value} at index .*Gather node"):
+            embed({"ids": bad})

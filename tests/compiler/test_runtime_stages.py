@@ -12,6 +12,7 @@ import compiler.runtime
 from compiler.builder import build
 from compiler.errors import ArtifactError
 from compiler.stages import PipelineModel, ProcessPipeline, assign_stages
+from compiler.tensor_parallel import ShardedModel, ShardWorkers
 from tests.passes.test_partition import mlp
 
 pytestmark = pytest.mark.tvm
@@ -96,3 +97,77 @@ def test_worker_failure_is_reported_and_stops_the_pipeline(artifacts):
         with pytest.raises(ArtifactError, match="a stage worker failed"):
             pipeline.run_many([{"x": np.zeros((4, 31), np.float32)}])  # wrong shape
     assert not any(p.is_alive() for p in processes)
+
+
+# ------------------------------------------------------------------------- tensor parallel
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory, exported):
+    """The example GPT-2 (2 layers: attention, MLP; LM head) built whole and 2-way tensor
+    parallel."""
+    root = tmp_path_factory.mktemp("shards")
+    onnx_path = exported("gpt2")
+    build(onnx_path, root / "whole", passes="cleanup", latency_runs=0)
+    passes = "cleanup,partition(mode=tensor,shards=2)"
+    result = build(onnx_path, root / "tp", passes=passes, latency_runs=0)
+    return root / "whole", root / "tp", result
+
+
+def token_feeds(count: int):
+    rng = np.random.default_rng(2)
+    return [{"input_ids": rng.integers(0, 1024, (1, 32)).astype(np.int64)} for _ in range(count)]
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.abs(actual - expected).max() / np.abs(expected).max())
+
+
+def test_sharded_artifact_layout(sharded):
+    _, _, result = sharded
+    layout = result.manifest["tensor_parallel"]
+    assert result.manifest["library"] is None and layout["shards"] == 2
+    assert [g["kind"] for g in layout["groups"]] == ["all-reduce"] * 4 + ["all-gather"]
+    segments = layout["segments"]
+    assert [s["group"] for s in segments] == [0, 1, 2, 3, 4, None]
+    assert [[p["path"] for p in s["shards"]] for s in segments[:2]] == [
+        ["shards/0/0", "shards/0/1"],
+        ["shards/1/0", "shards/1/1"],
+    ]
+    assert {f"shards/{j}/{k}/model.so" for j in range(6) for k in range(2)} <= set(
+        result.manifest["files"]
+    )
+    # After the attention, each shard sends the other its partial sum of c_proj.
+    (sent,) = segments[0]["shards"][1]["exchange"]
+    assert sent.endswith("__tp1") and sent in segments[1]["shards"][0]["inputs"]
+    assert result.report["verification"]["passed"]  # in-process, against onnxruntime
+    assert result.report["partition"]["mode"] == "tensor"
+
+
+def test_sharded_in_process_matches_the_whole_model(sharded):
+    whole, tp, _ = sharded
+    model = compiler.runtime.load(tp)
+    assert isinstance(model, ShardedModel)
+    reference = compiler.runtime.load(whole)
+    for inputs in token_feeds(2):
+        assert relative_error(model(inputs)["logits"], reference(inputs)["logits"]) <= 1e-5
+
+
+def test_shards_run_on_two_worker_processes(sharded):
+    whole, tp, _ = sharded
+    reference = compiler.runtime.load(whole)
+    cores = sorted(os.sched_getaffinity(0))
+    feeds = token_feeds(4)
+    with ShardWorkers(tp, cores=[cores[0], cores[-1]], timeout=60) as workers:
+        processes = list(workers._processes)
+        assert len({p.pid for p in processes}) == 2 and all(p.is_alive() for p in processes)
+        outputs = workers.run_many(feeds)
+        for inputs, out in zip(feeds, outputs, strict=True):
+            assert relative_error(out["logits"], reference(inputs)["logits"]) <= 1e-5
+        # Both workers ran their libraries (each its half of every matmul) for every feed.
+        assert len(workers.timings) == 4
+        assert all(w["compute_s"] > 0 for feed in workers.timings for w in feed)
+        # A failing run is reported, and the workers stay usable.
+        with pytest.raises(ArtifactError, match="a shard worker failed: shard 0, segment 0"):
+            workers.run_many([{"input_ids": np.zeros((1, 15), np.int64)}])
+        again = workers(feeds[0])["logits"]
+        np.testing.assert_array_equal(again, outputs[0]["logits"])
+    assert not any(p.is_alive() for p in processes)  # torn down

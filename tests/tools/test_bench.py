@@ -11,7 +11,7 @@ import onnx_ir as ir
 from backends.onnxruntime.reference import ReferenceSession
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-import bench  # noqa: E402
+import bench
 
 
 def test_gemv_chain_is_a_product_of_square_weights(tmp_path):

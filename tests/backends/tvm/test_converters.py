@@ -92,11 +92,12 @@ def _check(
 # --- Attention (opset 23) --------------------------------------------------------------------
 
 
-def _attention(inputs, outputs=("y",), **attrs):
+def _attention(inputs, outputs=("y",), opset: int = 23, **attrs):
     """An Attention model; an input or output named "" is an omitted optional one."""
     node = oh.make_node("Attention", [name for name, _, _ in inputs], list(outputs), **attrs)
     graph_inputs = [i for i in inputs if i[0]]
-    return _model([node], graph_inputs, [(name, FLOAT) for name in outputs if name])
+    dtype = inputs[0][1]  # outputs have Q's dtype
+    return _model([node], graph_inputs, [(name, dtype) for name in outputs if name], opset)
 
 
 def test_attention_3d_grouped_query_causal_with_kv_cache():
@@ -149,6 +150,53 @@ def test_attention_float_mask_shorter_than_the_keys_is_padded():
     )
     # onnxruntime refuses masks shorter than the keys; the spec pads them with -inf.
     _check(model, _feeds(model), reference=_onnx_reference)
+
+
+@pytest.mark.parametrize(("left", "right", "causal"), [(2, -1, 1), (1, 2, 0), (-1, 0, 0)])
+def test_attention_sliding_window_after_a_kv_cache(left, right, causal):
+    # Opset 25: query i at position p = i + 3 (the past) attends p - left <= j <= p + right;
+    # the first query row of (-1, 0, ...) keeps keys 0..3, the window composes with the mask.
+    mask = np.random.default_rng(2).random((3, 6)) > 0.2
+    model = _attention(
+        [
+            ("q", FLOAT, [1, 2, 3, 8]),
+            ("k", FLOAT, [1, 2, 3, 8]),
+            ("v", FLOAT, [1, 2, 3, 8]),
+            ("mask", TensorProto.BOOL, [3, 6]),
+            ("past_k", FLOAT, [1, 2, 3, 8]),
+            ("past_v", FLOAT, [1, 2, 3, 8]),
+        ],
+        outputs=("y", "", "", "qk"),
+        left_window_size=left,
+        right_window_size=right,
+        is_causal=causal,
+        qk_matmul_output_mode=3,
+        opset=25,
+    )
+    _check(model, _feeds(model, mask=mask), reference=_onnx_reference)
+
+
+def test_attention_float16_accumulates_in_float32():
+    # Long dot products (head 256, 64 keys): accumulated in half precision they drift ~1e-2;
+    # in float32 the result is within a half ULP or two of attention computed in float32.
+    half = TensorProto.FLOAT16
+    model = _attention(
+        [("q", half, [1, 2, 4, 256]), ("k", half, [1, 2, 64, 256]), ("v", half, [1, 2, 64, 256])],
+        is_causal=1,
+    )
+    feeds = _feeds(model)
+    wide = _attention(
+        [
+            ("q", FLOAT, [1, 2, 4, 256]),
+            ("k", FLOAT, [1, 2, 64, 256]),
+            ("v", FLOAT, [1, 2, 64, 256]),
+        ],
+        is_causal=1,
+    )
+    expected = _onnx_reference(wide, {k: v.astype(np.float32) for k, v in feeds.items()})[0]
+    got = _tvm(model, feeds)[0]
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.astype(np.float32), expected, rtol=2e-3, atol=2e-3)
 
 
 # --- RotaryEmbedding, RMSNormalization, LayerNormalization, Shape ---------------------------

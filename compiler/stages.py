@@ -37,12 +37,27 @@ __all__ = [
     "PipelineModel",
     "ProcessPipeline",
     "assign_stages",
+    "await_ready",
     "environment",
     "is_staged",
     "pack_arrays",
     "split_micro_batches",
     "unpack_arrays",
 ]
+
+
+def await_ready(controls, processes, timeout: float, kind: str, what: str) -> None:
+    """Waits for each worker process to report ``ready`` on its control pipe; raises
+    :class:`ArtifactError` naming the worker when one does not start or fails to load."""
+    for w, control in enumerate(controls):
+        if not control.poll(timeout):
+            raise ArtifactError(f"{kind} {w} did not start within {timeout:.0f} s")
+        try:
+            message = control.recv_bytes().decode()
+        except EOFError:  # died before reporting (a script without a __main__ guard)
+            message = f"the process exited with code {processes[w].exitcode}"
+        if message != "ready":
+            raise ArtifactError(f"{kind} {w} failed to load its {what}: {message}")
 
 
 def is_staged(path: str | os.PathLike) -> bool:
@@ -314,15 +329,7 @@ class ProcessPipeline:
                     process.start()
                 self._processes.append(process)
                 self._controls.append(reader)
-            for w, control in enumerate(self._controls):
-                if not control.poll(timeout):
-                    raise ArtifactError(f"stage worker {w} did not start within {timeout:.0f} s")
-                try:
-                    message = control.recv_bytes().decode()
-                except EOFError:  # died before reporting (a script without a __main__ guard)
-                    message = f"the process exited with code {self._processes[w].exitcode}"
-                if message != "ready":
-                    raise ArtifactError(f"stage worker {w} failed to load its stages: {message}")
+            await_ready(self._controls, self._processes, timeout, "stage worker", "stages")
         except BaseException:
             self.close()
             raise

@@ -38,6 +38,7 @@ from compiler.artifact import MANIFEST_FILE, read_manifest
 from compiler.errors import ArtifactError, InputError
 from compiler.stages import (
     THREAD_VARIABLES,
+    await_ready,
     environment,
     pack_arrays,
     split_micro_batches,
@@ -288,15 +289,7 @@ class ShardWorkers:
                 self._controls.append(control_reader)
                 self._inboxes.append(inbox_writer)
                 self._outboxes.append(outbox_reader)
-            for k, control in enumerate(self._controls):
-                if not control.poll(timeout):
-                    raise ArtifactError(f"shard worker {k} did not start within {timeout:.0f} s")
-                try:
-                    message = control.recv_bytes().decode()
-                except EOFError:  # died before reporting (a script without a __main__ guard)
-                    message = f"the process exited with code {self._processes[k].exitcode}"
-                if message != "ready":
-                    raise ArtifactError(f"shard worker {k} failed to load its libraries: {message}")
+            await_ready(self._controls, self._processes, timeout, "shard worker", "libraries")
         except BaseException:
             self.close()
             raise

@@ -38,7 +38,9 @@ class _BlasThreads:
         from threadpoolctl import ThreadpoolController
 
         blas = ThreadpoolController().select(user_api="blas").lib_controllers
-        self._lib = blas[0] if blas else None  # numpy built without a threaded BLAS: nothing to do
+        # numpy's own BLAS (torch may have loaded another); none: nothing to switch
+        ours = [lib for lib in blas if "numpy" in lib.filepath] or blas
+        self._lib = ours[0] if ours else None
         self.default = self._lib.num_threads if self._lib is not None else 1
         self._current = self.default
 

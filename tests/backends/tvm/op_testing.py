@@ -61,7 +61,7 @@ def run_tvm(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nda
     return [item.numpy() for item in result]
 
 
-def _onnxruntime(model: onnx.ModelProto, feeds) -> list[np.ndarray]:
+def run_onnxruntime(model: onnx.ModelProto, feeds) -> list[np.ndarray]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -78,7 +78,7 @@ def _onnx_reference(model: onnx.ModelProto, feeds) -> list[np.ndarray]:
     return [np.asarray(r) for r in ReferenceEvaluator(model).run(None, feeds)]
 
 
-REFERENCES = {"onnxruntime": _onnxruntime, "onnx": _onnx_reference}
+REFERENCES = {"onnxruntime": run_onnxruntime, "onnx": _onnx_reference}
 
 
 def check(

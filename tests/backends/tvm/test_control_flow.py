@@ -17,6 +17,7 @@ from onnx import helper as oh
 from backends.tvm import compile_model
 from backends.tvm.control_flow import has_control_flow, lower_control_flow
 from compiler.errors import BackendError
+from tests.backends.tvm.op_testing import run_onnxruntime, run_tvm
 
 pytestmark = pytest.mark.tvm
 
@@ -42,17 +43,6 @@ def _const(name: str, array) -> onnx.TensorProto:
     return onnx.numpy_helper.from_array(np.asarray(array), name)
 
 
-def _onnxruntime(model: onnx.ModelProto, feeds) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    return session.run(None, feeds)
-
-
 def _lowered(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     lowered = ir.serde.deserialize_model(model)
     count = lower_control_flow(lowered)
@@ -66,28 +56,16 @@ def _check_lowering(model: onnx.ModelProto, *feeds_list) -> onnx.ModelProto:
     assert count >= 1
     onnx.checker.check_model(lowered)
     for feeds in feeds_list:
-        expected = _onnxruntime(model, feeds)
-        got = _onnxruntime(lowered, feeds)
+        expected = run_onnxruntime(model, feeds)
+        got = run_onnxruntime(lowered, feeds)
         for out, ref in zip(got, expected, strict=True):
             assert out.shape == ref.shape and out.dtype == ref.dtype
             np.testing.assert_allclose(out, ref, rtol=RTOL, atol=ATOL)
     return lowered
 
 
-def _tvm(model: onnx.ModelProto, feeds) -> list[np.ndarray]:
-    import tvm
-
-    compiled = compile_model(ir.serde.deserialize_model(model), "llvm")
-    vm = tvm.runtime.vm.VirtualMachine(compiled.executable, tvm.cpu())
-    args = [tvm.runtime.tensor(feeds[name]) for name in compiled.input_names]
-    result = vm["main"](*args, *[tvm.runtime.tensor(p) for p in compiled.params])
-    if hasattr(result, "numpy"):
-        return [result.numpy()]
-    return [item.numpy() for item in result]
-
-
 def _check_tvm(model: onnx.ModelProto, feeds) -> None:
-    for out, ref in zip(_tvm(model, feeds), _onnxruntime(model, feeds), strict=True):
+    for out, ref in zip(run_tvm(model, feeds), run_onnxruntime(model, feeds), strict=True):
         assert out.shape == ref.shape and out.dtype == ref.dtype
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
 
@@ -239,7 +217,7 @@ def test_loop_stops_when_the_body_condition_folds_to_false():
     less = oh.make_node("Less", ["i", "two"], ["cond_out"])
     model = _loop_model(5, _accumulating_body(less), [_const("two", np.int64(2))])
     lowered = _check_lowering(model, _loop_feeds())
-    assert _onnxruntime(lowered, _loop_feeds())[1].shape == (3, 3)
+    assert run_onnxruntime(lowered, _loop_feeds())[1].shape == (3, 3)
 
 
 def test_loop_with_a_runtime_trip_count_is_refused():

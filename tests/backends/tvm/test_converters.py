@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnx_ir as ir
 import pytest
 from onnx import TensorProto
 from onnx import helper as oh
 
-from backends.tvm import compile_model
+from tests.backends.tvm.op_testing import run_onnxruntime, run_tvm
 
 pytestmark = pytest.mark.tvm
 
@@ -48,29 +47,6 @@ def _feeds(model: onnx.ModelProto, seed: int = 0, **given) -> dict[str, np.ndarr
     return feeds
 
 
-def _onnxruntime(model: onnx.ModelProto, feeds) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    return session.run(None, feeds)
-
-
-def _tvm(model: onnx.ModelProto, feeds) -> list[np.ndarray]:
-    import tvm
-
-    compiled = compile_model(ir.serde.deserialize_model(model), "llvm")
-    vm = tvm.runtime.vm.VirtualMachine(compiled.executable, tvm.cpu())
-    args = [tvm.runtime.tensor(feeds[name]) for name in compiled.input_names]
-    result = vm["main"](*args, *[tvm.runtime.tensor(p) for p in compiled.params])
-    if hasattr(result, "numpy"):
-        return [result.numpy()]
-    return [item.numpy() for item in result]
-
-
 def _onnx_reference(model: onnx.ModelProto, feeds) -> list[np.ndarray]:
     from onnx.reference import ReferenceEvaluator
 
@@ -78,10 +54,10 @@ def _onnx_reference(model: onnx.ModelProto, feeds) -> list[np.ndarray]:
 
 
 def _check(
-    model: onnx.ModelProto, feeds, rtol: float = RTOL, atol: float = ATOL, reference=_onnxruntime
+    model: onnx.ModelProto, feeds, rtol: float = RTOL, atol: float = ATOL, reference=run_onnxruntime
 ) -> None:
     expected = reference(model, feeds)
-    got = _tvm(model, feeds)
+    got = run_tvm(model, feeds)
     assert len(got) == len(expected)
     for name, out, ref in zip([o.name for o in model.graph.output], got, expected, strict=True):
         assert out.shape == ref.shape, name
@@ -194,7 +170,7 @@ def test_attention_float16_accumulates_in_float32():
         is_causal=1,
     )
     expected = _onnx_reference(wide, {k: v.astype(np.float32) for k, v in feeds.items()})[0]
-    got = _tvm(model, feeds)[0]
+    got = run_tvm(model, feeds)[0]
     assert got.dtype == np.float16
     np.testing.assert_allclose(got.astype(np.float32), expected, rtol=2e-3, atol=2e-3)
 

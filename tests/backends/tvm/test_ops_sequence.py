@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnx_ir as ir
 import pytest
 from onnx import TensorProto
 from onnx import helper as oh
 
-from backends.tvm import compile_model
+from tests.backends.tvm.op_testing import run_onnxruntime, run_tvm
 
 pytestmark = pytest.mark.tvm
 
@@ -48,38 +47,15 @@ def _feeds(model: onnx.ModelProto, seed: int = 0, scale: float = 1.0, **given):
     return feeds
 
 
-def _onnxruntime(model: onnx.ModelProto, feeds) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    return session.run(None, feeds)
-
-
 def _onnx_reference(model: onnx.ModelProto, feeds) -> list[np.ndarray]:
     from onnx.reference import ReferenceEvaluator
 
     return ReferenceEvaluator(model).run(None, feeds)
 
 
-def _tvm(model: onnx.ModelProto, feeds) -> list[np.ndarray]:
-    import tvm
-
-    compiled = compile_model(ir.serde.deserialize_model(model), "llvm")
-    vm = tvm.runtime.vm.VirtualMachine(compiled.executable, tvm.cpu())
-    args = [tvm.runtime.tensor(feeds[name]) for name in compiled.input_names]
-    result = vm["main"](*args, *[tvm.runtime.tensor(p) for p in compiled.params])
-    if hasattr(result, "numpy"):
-        return [result.numpy()]
-    return [item.numpy() for item in result]
-
-
-def _check(model, feeds, reference=_onnxruntime, rtol=RTOL, atol=ATOL) -> None:
+def _check(model, feeds, reference=run_onnxruntime, rtol=RTOL, atol=ATOL) -> None:
     expected = reference(model, feeds)
-    got = _tvm(model, feeds)
+    got = run_tvm(model, feeds)
     assert len(got) == len(expected)
     for name, out, ref in zip([o.name for o in model.graph.output], got, expected, strict=True):
         assert out.shape == ref.shape, name

@@ -145,8 +145,9 @@ def import_relax(
 ) -> ImportedModule:
     """Imports ``model`` into Relax; raises :class:`BackendError` naming an unsupported node.
 
-    ``packed_kernels``: lower quantized ops to our CPU kernels (:mod:`backends.tvm.quantized`);
-    without it (GPU targets, for now) they are reported as unsupported.
+    ``packed_kernels``: lower quantized ops (:mod:`backends.tvm.quantized`) and float32 products
+    on constant weights (:mod:`backends.tvm.panel_gemm`) to our CPU kernels; without it (GPU
+    targets, for now) quantized ops are reported as unsupported and products go to TVM.
     """
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
@@ -154,11 +155,15 @@ def import_relax(
     from backends.tvm.control_flow import has_control_flow, lower_control_flow
     from backends.tvm.converters import extended_converters
     from backends.tvm.narrow_dtypes import lower_narrow_dtypes, needs_narrow_lowering
+    from backends.tvm.panel_gemm import lower_float_matmuls
     from backends.tvm.quantized import QUANTIZED_OPS, lower_quantized
 
     if packed_kernels and any(node.op_type in QUANTIZED_OPS for node in model.graph):
         model = model.clone()  # tensors are shared, not copied; the caller's graph is untouched
         lower_quantized(model)
+    if packed_kernels:  # float32 products on constant weights: our panel GEMM
+        model = model.clone()
+        lower_float_matmuls(model)
     if has_control_flow(model):  # If/Loop/Scan unrolled: TVM's importer has no converter
         model = model.clone()
         lower_control_flow(model)

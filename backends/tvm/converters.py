@@ -8,6 +8,8 @@ wraps that function for the duration of one import, adding or replacing entries 
 * ``PackedMatMul``/``PackedGather`` (compiler.tvm): what ``MatMulNBits``/``GatherBlockQuantized``
   are lowered to before import, see
   :mod:`backends.tvm.quantized`.
+* ``PanelMatMul``/``PanelGather`` (compiler.tvm): float32 products on constant weights (and the
+  row lookups of a tied embedding), see :mod:`backends.tvm.panel_gemm`.
 * ``SkipLayerNormalization`` (com.microsoft): TVM's own converter requires ``beta`` and
   ``bias`` and drops the ``input_skip_bias_sum`` output, which onnxscript's residual+LayerNorm
   fusion emits without beta/bias and whose sum output feeds the next residual. Ours computes
@@ -563,6 +565,7 @@ def _converters() -> dict[str, type[OnnxOpConverter]]:
     from backends.tvm.narrow_dtypes import converters as narrow_dtype_converters
     from backends.tvm.ops_extra import CONVERTERS as EXTRA_CONVERTERS
     from backends.tvm.ops_sequence import CONVERTERS as SEQUENCE_CONVERTERS
+    from backends.tvm.panel_gemm import PanelGather, PanelMatMul
     from backends.tvm.quantized import PackedGather, PackedMatMul
 
     return {
@@ -573,6 +576,8 @@ def _converters() -> dict[str, type[OnnxOpConverter]]:
         "SkipLayerNormalization": SkipLayerNormalization,
         "PackedMatMul": PackedMatMul,
         "PackedGather": PackedGather,
+        "PanelMatMul": PanelMatMul,
+        "PanelGather": PanelGather,
         "Attention": StandardAttention,
         "RotaryEmbedding": RotaryEmbedding,
         "RMSNormalization": RMSNormalization,

@@ -49,16 +49,20 @@ def cpu_fusion_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     ]
 
 
-def _count_scheduled(stats: dict) -> tvm.transform.Pass:
-    @tvm.transform.module_pass(opt_level=0, name="CountTunedKernels")
+def _scheduled(mod: tvm.IRModule) -> int:
+    return sum(
+        1
+        for _, func in mod.functions_items()
+        if isinstance(func, tvm.tirx.PrimFunc) and func.attrs and "tirx.is_scheduled" in func.attrs
+    )
+
+
+def _count_scheduled(stats: dict, key: str, minus: str | None = None) -> tvm.transform.Pass:
+    """Stores the number of scheduled PrimFuncs in ``stats[key]`` (less ``stats[minus]``)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="CountScheduledKernels")
     def count(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        stats["tuned_kernels"] = sum(
-            1
-            for _, func in mod.functions_items()
-            if isinstance(func, tvm.tirx.PrimFunc)
-            and func.attrs
-            and "tirx.is_scheduled" in func.attrs
-        )
+        stats[key] = _scheduled(mod) - (stats.get(minus, 0) if minus else 0)
         return mod
 
     return count
@@ -78,7 +82,12 @@ def _llvm(
             tuned = []
             if database is not None:  # built under the target: the pass reads it when created
                 apply = relax.transform.MetaScheduleApplyDatabase(str(database))
-                tuned = [apply, _count_scheduled(stats)]
+                # Our own kernels (panel GEMM, packed quantized) come scheduled: not "tuned".
+                tuned = [
+                    _count_scheduled(stats, "own_kernels"),
+                    apply,
+                    _count_scheduled(stats, "tuned_kernels", minus="own_kernels"),
+                ]
             seq = tvm.transform.Sequential(
                 [
                     *cpu_fusion_passes(target),

@@ -35,6 +35,8 @@ __all__ = [
     "QUANTIZED_OPS",
     "PackedGather",
     "PackedMatMul",
+    "WeightTable",
+    "drop_unused_initializers",
     "lower_quantized",
     "pack_tiles",
 ]
@@ -78,13 +80,14 @@ def _unpack_zero_points(z: np.ndarray, n: int, blocks: int, bits: int) -> np.nda
     return rows[:, :blocks]
 
 
-def _drop_initializers(graph: ir.Graph, values: list[ir.Value | None]) -> None:
+def drop_unused_initializers(graph: ir.Graph, values: list[ir.Value | None]) -> None:
+    """Removes each of ``values`` that is an initializer nothing uses any more."""
     for value in values:
         if value is not None and not value.uses() and value.is_initializer():
             graph.initializers.pop(value.name, None)
 
 
-class _Weights:
+class WeightTable:
     """Registers packed initializers, reusing one for byte-identical arrays."""
 
     def __init__(self, graph: ir.Graph) -> None:
@@ -106,7 +109,7 @@ def _const(value: ir.Value | None) -> np.ndarray | None:
     return value.const_value.numpy()
 
 
-def _lower_gather(node: ir.Node, weights: _Weights) -> ir.Node:
+def _lower_gather(node: ir.Node, weights: WeightTable) -> ir.Node:
     """GatherBlockQuantized (axis 0, blocks along the rows) -> PackedGather on tiles."""
     attrs = node.attributes
     bits, block = attrs.get_int("bits", 4), attrs["block_size"].as_int()
@@ -151,7 +154,7 @@ def _lower_gather(node: ir.Node, weights: _Weights) -> ir.Node:
     )
 
 
-def _lower_matmul_integer(graph: ir.Graph, node: ir.Node, weights: _Weights) -> bool:
+def _lower_matmul_integer(graph: ir.Graph, node: ir.Node, weights: WeightTable) -> bool:
     """``Cast(MatMulInteger(a, B, a_zero), FLOAT)`` with a constant int8 ``B`` ``[K, N]`` (no
     weight zero point) -> ``PackedMatMul(float(a) − float(a_zero), B)`` on 8-bit tiles.
 
@@ -194,11 +197,11 @@ def _lower_matmul_integer(graph: ir.Graph, node: ir.Node, weights: _Weights) -> 
     ir.convenience.replace_nodes_and_values(
         graph, node, [node, cast], nodes, cast.outputs, matmul.outputs
     )
-    _drop_initializers(graph, old_weights)
+    drop_unused_initializers(graph, old_weights)
     return True
 
 
-def _lower_dequantize_matmul(graph: ir.Graph, node: ir.Node, weights: _Weights) -> bool:
+def _lower_dequantize_matmul(graph: ir.Graph, node: ir.Node, weights: WeightTable) -> bool:
     """``MatMul(A, DequantizeLinear(W_q, s[, z], axis=1))`` with constant int8 ``W_q`` ``[K, N]``
     and per-column ``s``/``z`` (``quantize(bits=8, group=0)``) -> ``PackedMatMul`` on 8-bit tiles
     (one group of K per channel)."""
@@ -237,14 +240,14 @@ def _lower_dequantize_matmul(graph: ir.Graph, node: ir.Node, weights: _Weights) 
     ir.convenience.replace_nodes_and_values(
         graph, matmul, [node, matmul], [packed], matmul.outputs, packed.outputs
     )
-    _drop_initializers(graph, old_weights)
+    drop_unused_initializers(graph, old_weights)
     return True
 
 
 def lower_quantized(model: ir.Model) -> bool:
     """Rewrites quantized nodes of ``model`` in place (see module doc); True if any changed."""
     graph = model.graph
-    weights = _Weights(graph)
+    weights = WeightTable(graph)
     changed = False
     for node in list(graph):
         if node.op_type == "MatMulInteger" and node.domain in ("", "ai.onnx"):
@@ -261,7 +264,7 @@ def lower_quantized(model: ir.Model) -> bool:
             ir.convenience.replace_nodes_and_values(
                 graph, node, [node], [new], node.outputs, new.outputs
             )
-            _drop_initializers(graph, old_inputs)
+            drop_unused_initializers(graph, old_inputs)
             changed = True
             continue
         if node.op_type != "MatMulNBits":
@@ -305,7 +308,7 @@ def lower_quantized(model: ir.Model) -> bool:
         ir.convenience.replace_nodes_and_values(
             graph, node, [node], [new], node.outputs, new.outputs
         )
-        _drop_initializers(graph, old_weights)
+        drop_unused_initializers(graph, old_weights)
         changed = True
     if changed:
         model.opset_imports.setdefault(DOMAIN, 1)

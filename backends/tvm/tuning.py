@@ -1,8 +1,9 @@
 """MetaSchedule tuning of the kernels TVM compiles, into a reusable JSON database.
 
-Tasks are the fused PrimFuncs our CPU pipeline leaves for TVM to schedule (GEMMs already go to
-the BLAS), extracted after :func:`backends.tvm.pipeline.cpu_fusion_passes`, so they are exactly
-what ``build`` compiles. Records live in MetaSchedule's ``JSONDatabase`` (``database_workload.json``
+Tasks are the fused PrimFuncs our CPU pipeline leaves for TVM to schedule (GEMMs on constant
+weights run our panel kernel and other GEMMs the BLAS: neither is tuned), extracted after
+:func:`backends.tvm.pipeline.cpu_fusion_passes`, so they are exactly what ``build`` compiles.
+Records live in MetaSchedule's ``JSONDatabase`` (``database_workload.json``
 + ``database_tuning_record.json``), keyed by the structural hash of each kernel: records tuned
 on one model serve any other model with the same kernel shapes.
 
@@ -29,6 +30,12 @@ __all__ = ["TuneResult", "open_database", "tune_model"]
 
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
+
+
+def _own(task) -> bool:
+    """Whether ``task``'s kernel is one of ours (scheduled already, see the module doc)."""
+    func = task.dispatched[0]["main"]
+    return bool(func.attrs) and "tirx.is_scheduled" in func.attrs
 
 
 def open_database(path: str | os.PathLike) -> str:
@@ -100,7 +107,8 @@ def tune_model(
     imported = import_relax(model)
     with tvm_target:
         mod = tvm.transform.Sequential(cpu_fusion_passes(tvm_target))(imported.mod)
-    tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
+    # Our own kernels (panel GEMM, packed quantized) come scheduled: nothing to tune there.
+    tasks = [t for t in ms.relax_integration.extract_tasks(mod, tvm_target) if not _own(t)]
     tasks = sorted(tasks, key=lambda t: -float(t.weight))
     db_dir = Path(db_dir)
     db_dir.mkdir(parents=True, exist_ok=True)

@@ -81,10 +81,13 @@ def memory_bandwidth_gbs(gib: float = 1.0, repeats: int = 5, threads: int = 1) -
 GEMV_K = 4096
 GEMV_LAYERS = 8
 GEMV_VARIANTS = {
-    # name: pass pipeline (weight-only quantization; activations stay float32)
+    # name: pass pipeline (weight-only quantization; activations float32 unless accuracy_level=4)
     "fp32": "cleanup",
     "int8": "cleanup,quantize(bits=8,group=128)",
     "int4": "cleanup,quantize(bits=4,group=128)",
+    # int8 activations (MatMulNBits accuracy_level=4): integer dot products, on both runtimes
+    "int8-acc4": "cleanup,quantize(bits=8,group=128,accuracy_level=4)",
+    "int4-acc4": "cleanup,quantize(bits=4,group=128,accuracy_level=4)",
 }
 
 

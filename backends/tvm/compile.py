@@ -141,13 +141,18 @@ class ImportedModule:
 
 
 def import_relax(
-    model: ir.Model, *, model_name: str = "model", packed_kernels: bool = True
+    model: ir.Model,
+    *,
+    model_name: str = "model",
+    packed_kernels: bool = True,
+    int8_dot: bool = False,
 ) -> ImportedModule:
     """Imports ``model`` into Relax; raises :class:`BackendError` naming an unsupported node.
 
     ``packed_kernels``: lower quantized ops (:mod:`backends.tvm.quantized`) and float32 products
     on constant weights (:mod:`backends.tvm.panel_gemm`) to our CPU kernels; without it (GPU
     targets, for now) quantized ops are reported as unsupported and products go to TVM.
+    ``int8_dot``: the target has AVX512-VNNI (see :func:`backends.tvm.quantized.lower_quantized`).
     """
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
@@ -160,7 +165,7 @@ def import_relax(
 
     if packed_kernels and any(node.op_type in QUANTIZED_OPS for node in model.graph):
         model = model.clone()  # tensors are shared, not copied; the caller's graph is untouched
-        lower_quantized(model)
+        lower_quantized(model, int8_dot=int8_dot)
     if packed_kernels:  # float32 products on constant weights: our panel GEMM
         model = model.clone()
         lower_float_matmuls(model)
@@ -215,12 +220,14 @@ def compile_model(
     kernels it has records for are scheduled from them; ``tuned_kernels`` counts them.
     """
     import tvm
+    from tvm.target import codegen
 
     target_dict = resolve_target(target)
     # The packed quantized kernels are scheduled for CPUs; GPU schedules for them are not written.
     on_cpu = target_dict.get("kind") == "llvm"
-    imported = import_relax(model, model_name=model_name, packed_kernels=on_cpu)
     tvm_target = tvm.target.Target(target_dict)
+    int8_dot = on_cpu and bool(codegen.target_has_features("avx512vnni", tvm_target))
+    imported = import_relax(model, model_name=model_name, packed_kernels=on_cpu, int8_dot=int8_dot)
     database = None
     if tuning_db is not None:
         from backends.tvm.tuning import open_database

@@ -26,9 +26,10 @@ and opaque (``op_pattern`` 8), so fusion keeps them whole.
 
 from __future__ import annotations
 
+import numpy as np
 from tvm import s_tir, te, tirx
 
-__all__ = ["dequantize_func", "gemv_func", "tile_channels"]
+__all__ = ["dequantize_func", "gemv_func", "padded_codes", "tile_channels"]
 
 _OPAQUE = 8  # relax OpPatternKind::kOpaque
 
@@ -36,6 +37,15 @@ _OPAQUE = 8  # relax OpPatternKind::kOpaque
 def tile_channels(bits: int) -> int:
     """Output channels per tile: 32 for int4, 16 for int8."""
     return 16 * (8 // bits)
+
+
+def padded_codes(codes: np.ndarray, bits: int, group: int) -> np.ndarray:
+    """Codes ``[N, K]`` zero-padded to whole tiles of channels and whole groups of K."""
+    n, k = codes.shape
+    tile = tile_channels(bits)
+    padded = np.zeros((-(-n // tile) * tile, -(-k // group) * group), np.uint8)
+    padded[:n, :k] = codes
+    return padded
 
 
 def _placeholders(k: int, n: int, bits: int, group: int, symmetric: bool):
@@ -127,13 +137,23 @@ def gemv_func(
     return _finish(sch)
 
 
-def dequantize_func(k: int, n: int, *, bits: int, group: int, symmetric: bool) -> tirx.PrimFunc:
-    """``W`` float32 ``[k, n]`` from the packed codes, parallel over K, vectorized over N."""
-    packed, scales, zeros, _ = _placeholders(k, n, bits, group, symmetric)
+def dequantize_func(
+    k: int, n: int, *, bits: int, group: int, symmetric: bool, quads: bool = False
+) -> tirx.PrimFunc:
+    """``W`` float32 ``[k, n]`` from the packed codes, parallel over K, vectorized over N.
+
+    ``quads``: the codes are in the int8-dot layout (:mod:`backends.tvm.int8_dot_kernels`).
+    """
+    packed, scales, zeros, groups = _placeholders(k, n, bits, group, symmetric)
+    code = _code
+    if quads:  # that module builds on this one
+        from backends.tvm.int8_dot_kernels import dequantized_code as code
+
+        packed = te.placeholder((packed.shape[0], groups * group // 4, 16), "int32", "packed")
     w = te.compute(
         (k, n),
         lambda r, c: (
-            (_code(packed, bits, r, c).astype("float32") - _zero(zeros, bits, r // group, c))
+            (code(packed, bits, r, c).astype("float32") - _zero(zeros, bits, r // group, c))
             * scales[r // group, c]
         ),
         name="w",

@@ -13,6 +13,12 @@ The importer converts ``PackedMatMul`` (:class:`PackedMatMul`) by the row count 
 ``M ≤ GEMV_MAX_ROWS`` (a decode step) calls the fused dequantize-GEMV kernel; larger ``M``
 dequantizes the weight into a temporary ``[K, N]`` and multiplies with the BLAS GEMM (the
 dequantization, O(KN), is amortized over ``M`` rows; nothing is dequantized at load time).
+
+A ``MatMulNBits`` with ``accuracy_level=4`` (onnxruntime's "int8 compute": ``quantize(...,
+accuracy_level=4)``) on a target with AVX512-VNNI is packed in the int8-dot layout instead, and
+its decode-step GEMV quantizes the activations to int8 per group and sums integer products
+(:mod:`backends.tvm.int8_dot_kernels`); larger ``M`` dequantizes from that layout as above.
+A tied embedding keeps the tile layout, so such a head and its table are stored once each.
 """
 
 from __future__ import annotations
@@ -25,7 +31,15 @@ import onnx_ir as ir
 from tvm import relax, tirx
 from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
-from backends.tvm.packed_kernels import dequantize_func, gather_rows, gemv_func, tile_channels
+from backends.tvm.int8_dot_kernels import int8_dot_gemv_func, pack_quads, round_activations
+from backends.tvm.int8_dot_kernels import supports as int8_dot_supports
+from backends.tvm.packed_kernels import (
+    dequantize_func,
+    gather_rows,
+    gemv_func,
+    padded_codes,
+    tile_channels,
+)
 from compiler.errors import BackendError
 from compiler.ir_utils import add_initializer
 
@@ -43,17 +57,15 @@ __all__ = [
 
 DOMAIN = "compiler.tvm"
 GEMV_MAX_ROWS = 4
+INT8_ACCURACY_LEVEL = 4  # MatMulNBits' accuracy_level for int8 compute (onnxruntime's meaning)
 # What is lowered (DequantizeLinear only when it feeds a MatMul's weight).
 QUANTIZED_OPS = ("MatMulNBits", "GatherBlockQuantized", "MatMulInteger", "DequantizeLinear")
 
 
 def pack_tiles(codes: np.ndarray, bits: int, group: int) -> np.ndarray:
     """Codes ``[N, K]`` (uint8, one per weight) -> tiles ``[T, Kp, 16]`` (see packed_kernels)."""
-    n, k = codes.shape
-    tile = tile_channels(bits)
-    tiles, kp = -(-n // tile), -(-k // group) * group
-    padded = np.zeros((tiles * tile, kp), np.uint8)
-    padded[:n, :k] = codes
+    padded = padded_codes(codes, bits, group)
+    tiles, kp = padded.shape[0] // tile_channels(bits), padded.shape[1]
     grid = padded.reshape(tiles, 8 // bits, 16, kp).transpose(0, 3, 1, 2)  # [T, Kp, halves, 16]
     if bits == 8:
         return np.ascontiguousarray(grid[:, :, 0, :])
@@ -244,8 +256,12 @@ def _lower_dequantize_matmul(graph: ir.Graph, node: ir.Node, weights: WeightTabl
     return True
 
 
-def lower_quantized(model: ir.Model) -> bool:
-    """Rewrites quantized nodes of ``model`` in place (see module doc); True if any changed."""
+def lower_quantized(model: ir.Model, *, int8_dot: bool = False) -> bool:
+    """Rewrites quantized nodes of ``model`` in place (see module doc); True if any changed.
+
+    ``int8_dot``: the target has AVX512-VNNI, so ``MatMulNBits`` with ``accuracy_level=4`` (int8
+    activations) take the integer dot-product GEMV (:mod:`backends.tvm.int8_dot_kernels`).
+    """
     graph = model.graph
     weights = WeightTable(graph)
     changed = False
@@ -289,9 +305,22 @@ def lower_quantized(model: ir.Model) -> bool:
         codes = _unpack_nbits(b, n, k, bits)
         scale_grid = np.ascontiguousarray(scales.reshape(n, blocks).T.astype(np.float32))
         stem = (node.inputs[1].name or node.name).removesuffix(f"_q{bits}")
+        quads = (
+            int8_dot
+            and attrs.get_int("accuracy_level", 0) == INT8_ACCURACY_LEVEL
+            and int8_dot_supports(n, bits, group)
+        )
+        layout = (
+            (f"{stem}_quads", pack_quads(codes, bits, group))
+            if quads
+            else (
+                f"{stem}_tiles",
+                pack_tiles(codes, bits, group),
+            )
+        )
         inputs = [
             node.inputs[0],
-            weights.add(f"{stem}_tiles", pack_tiles(codes, bits, group)),
+            weights.add(*layout),
             weights.add(f"{stem}_tile_scales", scale_grid),
         ]
         if zeros is not None:
@@ -300,7 +329,7 @@ def lower_quantized(model: ir.Model) -> bool:
         new = ir.node(
             "PackedMatMul",
             inputs,
-            attributes={"K": k, "N": n, "bits": bits, "group": group},
+            attributes={"K": k, "N": n, "bits": bits, "group": group, "int8_dot": int(quads)},
             domain=DOMAIN,
             name=node.name,
         )
@@ -337,19 +366,23 @@ class PackedMatMul(OnnxOpConverter):
         # A symbolic dim (a dynamic sequence length) leaves the row count to run time: dequantize.
         static = dims is not None and all(isinstance(d, tirx.IntImm) for d in dims)
         shape = [int(d) for d in dims] if static else None
-        tag = f"k{k}_n{n}_b{bits}_g{group}{'' if symmetric else '_asym'}"
+        quads = bool(int(attr.get("int8_dot", 0)))
+        tag = f"k{k}_n{n}_b{bits}_g{group}{'' if symmetric else '_asym'}{'_q' if quads else ''}"
         rows = math.prod(shape[:-1]) if shape is not None else None
         if rows is not None and rows <= GEMV_MAX_ROWS:
-            func = gemv_func(rows, k, n, bits=bits, group=group, symmetric=symmetric)
+            kernel = int8_dot_gemv_func if quads else gemv_func
+            func = kernel(rows, k, n, bits=bits, group=group, symmetric=symmetric)
             gv = _add(bb, func, f"packed_gemv_m{rows}_{tag}")
             flat = bb.emit(relax.op.reshape(a, (rows, k)))
             out = bb.emit(
                 relax.call_tir(gv, [flat, *weights], relax.TensorType((rows, n), "float32"))
             )
             return relax.op.reshape(out, (*shape[:-1], n))
-        func = dequantize_func(k, n, bits=bits, group=group, symmetric=symmetric)
+        func = dequantize_func(k, n, bits=bits, group=group, symmetric=symmetric, quads=quads)
         gv = _add(bb, func, f"packed_dequantize_{tag}")
         w = bb.emit(relax.call_tir(gv, weights, relax.TensorType((k, n), "float32")))
+        if quads:  # int8 activations, as the GEMV: the same function at every row count
+            a = bb.emit_te(round_activations, a, group, primfunc_name_hint="round_activations")
         return relax.op.matmul(a, w)
 
 

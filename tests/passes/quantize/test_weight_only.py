@@ -11,7 +11,7 @@ import pytest
 
 from backends.onnxruntime.reference import run_reference
 from compiler.calibration import Calibration
-from compiler.errors import InputError, PassFailedError
+from compiler.errors import InputError, PassFailedError, PipelineError
 from compiler.pass_manager import PassContext, PassManager
 from compiler.pipeline import build_passes
 from passes.quantize import QuantizePass, quantize_records
@@ -229,3 +229,15 @@ def test_int8_per_channel_below_opset_13_uses_cast_and_mul():
         run_reference(legacy, x)["y"], run_reference(asymmetric, x)["y"], rtol=1e-5, atol=1e-6
     )
     assert _ops(modern)["DequantizeLinear"] == 2
+
+
+def test_accuracy_level_is_0_or_4_and_only_for_matmul_nbits():
+    with pytest.raises(InputError, match="accuracy_level is 0"):
+        QuantizePass(bits=4, accuracy_level=2)
+    with pytest.raises(PipelineError, match="accuracy_level"):
+        build_passes("quantize(bits=4,accuracy_level=2)")
+    with pytest.raises(InputError, match="applies to MatMulNBits"):
+        build_passes("quantize(bits=8,group=0,accuracy_level=4)")
+    model = _run(linear_model(1, 64, 32), "quantize(bits=4,group=32,accuracy_level=4)")
+    (node,) = [n for n in model.graph if n.op_type == "MatMulNBits"]
+    assert node.attributes["accuracy_level"].as_int() == 4

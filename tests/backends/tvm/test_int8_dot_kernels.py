@@ -7,13 +7,10 @@ import numpy as np
 import pytest
 import tvm
 
-from backends.onnxruntime.reference import run_reference
-from backends.tvm import compile_model
 from backends.tvm.int8_dot_kernels import int8_dot_gemv_func, pack_quads
 from backends.tvm.target import host_target
 from compiler.numerics import max_error
-from tests.backends.tvm.test_quantized import _quantized, _run_tvm
-from tests.passes.quantize.models import correlated_inputs, linear_model
+from tests.backends.tvm.test_quantized import compile_quantized_linear
 
 pytestmark = [
     pytest.mark.tvm,
@@ -85,17 +82,10 @@ def test_kernel_computes_the_int8_activation_product(bits, symmetric, rows, k, g
 @pytest.mark.parametrize(("bits", "symmetric"), [(4, True), (8, False)])
 def test_accuracy_level_4_matches_onnxruntimes_int8_kernels(rows, bits, symmetric):
     k, n = 512, 128  # quads of > 4096 words: a weight, not an inlined constant
-    model = linear_model(rows, k, n, layers=1)
     text = f"quantize(bits={bits},group=64,symmetric={str(symmetric).lower()},accuracy_level=4)"
-    quantized = _quantized(model, text)
-    feeds = {"x": correlated_inputs(rows, k)[None]}
-    expected = run_reference(quantized, feeds)
-    compiled = compile_model(quantized)
-    (got,) = _run_tvm(compiled, feeds)
+    compiled, got, expected = compile_quantized_linear(rows, k, n, text)
     assert max_error({"y": got}, expected)["y"] <= 1e-5
     assert any(p.dtype == np.int32 for p in compiled.params)  # the int8-dot layout
     # and it is not the float computation: activations were rounded
-    plain_text = text.replace(",accuracy_level=4", "")
-    floating = compile_model(_quantized(linear_model(rows, k, n, layers=1), plain_text))
-    (plain,) = _run_tvm(floating, feeds)
+    _, plain, _ = compile_quantized_linear(rows, k, n, text.replace(",accuracy_level=4", ""))
     assert max_error({"y": got}, {"y": plain})["y"] > 1e-4

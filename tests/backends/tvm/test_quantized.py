@@ -31,6 +31,16 @@ def _run_tvm(compiled, feeds):
     return [o.numpy() for o in outs]
 
 
+def compile_quantized_linear(rows: int, k: int, n: int, text: str):
+    """``(compiled, TVM's y, onnxruntime's outputs)`` for a ``[1, rows, k] · [k, n]`` layer
+    quantized by the pipeline ``text``."""
+    quantized = _quantized(linear_model(rows, k, n, layers=1), text)
+    feeds = {"x": correlated_inputs(rows, k)[None]}
+    compiled = compile_model(quantized)
+    (got,) = _run_tvm(compiled, feeds)
+    return compiled, got, run_reference(quantized, feeds)
+
+
 @pytest.mark.parametrize("bits", [4, 8])
 def test_tile_layout(bits):
     codes = np.random.default_rng(0).integers(0, 2**bits, (70, 20)).astype(np.uint8)
@@ -51,13 +61,8 @@ def test_tile_layout(bits):
 )
 def test_tvm_matches_onnxruntime(rows, bits, group, symmetric):
     k, n = 80, 72  # K not a multiple of 32; N not a multiple of the 32-channel int4 tile
-    model = linear_model(rows, k, n, layers=1)
     text = f"quantize(bits={bits},group={group},symmetric={str(symmetric).lower()})"
-    quantized = _quantized(model, text)
-    feeds = {"x": correlated_inputs(rows, k)[None]}
-    expected = run_reference(quantized, feeds)
-    compiled = compile_model(quantized)
-    (got,) = _run_tvm(compiled, feeds)
+    compiled, got, expected = compile_quantized_linear(rows, k, n, text)
     assert max_error({"y": got}, expected)["y"] <= 1e-5
     # Only packed codes and scales are weights: no float copy of the matrix.
     assert all(p.size < k * n for p in compiled.params if p.dtype == np.float32)

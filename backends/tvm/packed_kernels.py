@@ -29,6 +29,8 @@ from __future__ import annotations
 import numpy as np
 from tvm import s_tir, te, tirx
 
+from backends.tvm.panel_kernels import PANEL
+
 __all__ = ["dequantize_func", "gemv_func", "padded_codes", "tile_channels"]
 
 _OPAQUE = 8  # relax OpPatternKind::kOpaque
@@ -138,11 +140,20 @@ def gemv_func(
 
 
 def dequantize_func(
-    k: int, n: int, *, bits: int, group: int, symmetric: bool, quads: bool = False
+    k: int,
+    n: int,
+    *,
+    bits: int,
+    group: int,
+    symmetric: bool,
+    quads: bool = False,
+    panels: bool = False,
 ) -> tirx.PrimFunc:
     """``W`` float32 ``[k, n]`` from the packed codes, parallel over K, vectorized over N.
 
     ``quads``: the codes are in the int8-dot layout (:mod:`backends.tvm.int8_dot_kernels`).
+    ``panels``: ``W`` is written as the panel GEMM's ``[⌈n/32⌉, k, 32]`` (zero past ``n``,
+    :mod:`backends.tvm.panel_kernels`) instead.
     """
     packed, scales, zeros, groups = _placeholders(k, n, bits, group, symmetric)
     code = _code
@@ -150,17 +161,32 @@ def dequantize_func(
         from backends.tvm.int8_dot_kernels import dequantized_code as code
 
         packed = te.placeholder((packed.shape[0], groups * group // 4, 16), "int32", "packed")
-    w = te.compute(
-        (k, n),
-        lambda r, c: (
-            (code(packed, bits, r, c).astype("float32") - _zero(zeros, bits, r // group, c))
-            * scales[r // group, c]
-        ),
-        name="w",
-    )
+
+    def weight(r, c):
+        zero = _zero(zeros, bits, r // group, c)
+        return (code(packed, bits, r, c).astype("float32") - zero) * scales[r // group, c]
+
+    if panels:
+        width = PANEL
+        w = te.compute(
+            (-(-n // width), k, width),
+            lambda p, r, j: tirx.if_then_else(
+                p * width + j < n,
+                weight(r, tirx.min(p * width + j, n - 1)),
+                tirx.const(0.0, "float32"),
+            ),
+            name="w",
+        )
+    else:
+        w = te.compute((k, n), weight, name="w")
     args = [packed, scales, *([zeros] if zeros is not None else []), w]
     sch = s_tir.Schedule(te.create_prim_func(args))
     block = sch.get_sblock("w")
+    if panels:
+        p, r, j = sch.get_loops(block)
+        sch.parallel(sch.fuse(p, r))
+        sch.vectorize(j)
+        return _finish(sch)
     r, c = sch.get_loops(block)
     sch.parallel(r)
     if n % 16 == 0:

@@ -34,7 +34,7 @@ from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 from backends.tvm.panel_kernels import PANEL, gather_func, gemm_func, pack_panels
 from backends.tvm.quantized import DOMAIN, WeightTable, drop_unused_initializers
 
-__all__ = ["PanelGather", "PanelMatMul", "lower_float_matmuls"]
+__all__ = ["PanelGather", "PanelMatMul", "lower_float_matmuls", "panel_product", "worth_panels"]
 
 
 def _float_matrix(value: ir.Value | None) -> np.ndarray | None:
@@ -192,7 +192,7 @@ def lower_float_matmuls(model: ir.Model) -> bool:
         array = source.const_value.numpy()
         w = np.ascontiguousarray(array.T) if transposed else array
         k, n = w.shape
-        if -(-n // PANEL) * PANEL - n > n // 4:  # narrow: most of the panel would be padding
+        if not worth_panels(n):  # narrow: much of each panel would be padding
             continue
         panels = weights.add(f"{source.name}_panels", pack_panels(w))
         for node in nodes:
@@ -249,29 +249,34 @@ def _replace_product(
     drop_unused_initializers(graph, [v for v in dropped if v is not panels])
 
 
+def worth_panels(n: int) -> bool:
+    """Whether padding ``n`` columns to whole panels adds at most ``n / 4`` (see the module doc)."""
+    return -(-n // PANEL) * PANEL - n <= n // 4
+
+
+def panel_product(bb, a: relax.Expr, panels: relax.Expr, bias: relax.Expr | None, k: int, n: int):
+    """Relax: ``a · W (+ bias)`` for ``a`` ``[..., k]`` (leading dims may be symbolic) and ``W``
+    given as panels ``[⌈n/32⌉, k, 32]``, through the panel GEMM kernel."""
+    if bias is None:
+        bias = relax.const(np.zeros(n, np.float32))
+    dims = list(a.ty.shape)
+    rows = dims[0]
+    for d in dims[1:-1]:
+        rows = rows * d
+    name = f"panel_gemm_k{k}_n{n}"
+    gv = bb.add_func(gemm_func(k, n).with_attr("global_symbol", name), name)
+    flat = a if len(dims) == 2 else bb.emit(relax.op.reshape(a, (rows, k)))
+    out = bb.emit(relax.call_tir(gv, [flat, panels, bias], relax.TensorType((rows, n), "float32")))
+    return out if len(dims) == 2 else relax.op.reshape(out, (*dims[:-1], n))
+
+
 class PanelMatMul(OnnxOpConverter):
     """``compiler.tvm::PanelMatMul(A, panels[, bias])`` -> the panel GEMM kernel."""
 
     @classmethod
     def _impl_v1(cls, bb, inputs, attr, params):
-        a, panels = inputs[0], inputs[1]
-        k, n = int(attr["K"]), int(attr["N"])
-        bias = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
-        if bias is None:
-            bias = relax.const(np.zeros(n, np.float32))
-        dims = list(a.ty.shape)
-        rows = dims[0]
-        for d in dims[1:-1]:
-            rows = rows * d
-        gv = bb.add_func(
-            gemm_func(k, n).with_attr("global_symbol", f"panel_gemm_k{k}_n{n}"),
-            f"panel_gemm_k{k}_n{n}",
-        )
-        flat = a if len(dims) == 2 else bb.emit(relax.op.reshape(a, (rows, k)))
-        out = bb.emit(
-            relax.call_tir(gv, [flat, panels, bias], relax.TensorType((rows, n), "float32"))
-        )
-        return out if len(dims) == 2 else relax.op.reshape(out, (*dims[:-1], n))
+        bias = inputs[2] if len(inputs) > 2 else None
+        return panel_product(bb, inputs[0], inputs[1], bias, int(attr["K"]), int(attr["N"]))
 
 
 class PanelGather(OnnxOpConverter):

@@ -11,8 +11,10 @@ embedding/LM head quantized twice yields the same codes).
 
 The importer converts ``PackedMatMul`` (:class:`PackedMatMul`) by the row count ``M`` of ``A``:
 ``M ≤ GEMV_MAX_ROWS`` (a decode step) calls the fused dequantize-GEMV kernel; larger ``M``
-dequantizes the weight into a temporary ``[K, N]`` and multiplies with the BLAS GEMM (the
-dequantization, O(KN), is amortized over ``M`` rows; nothing is dequantized at load time).
+dequantizes the weight into a temporary and multiplies — panels for our GEMM kernel
+(:mod:`backends.tvm.panel_gemm`), or ``[K, N]`` for the BLAS where ``N`` is too narrow for
+panels (the dequantization, O(KN), is amortized over ``M`` rows; nothing is dequantized at load
+time).
 
 A ``MatMulNBits`` with ``accuracy_level=4`` (onnxruntime's "int8 compute": ``quantize(...,
 accuracy_level=4)``) on a target with AVX512-VNNI is packed in the int8-dot layout instead, and
@@ -40,6 +42,7 @@ from backends.tvm.packed_kernels import (
     padded_codes,
     tile_channels,
 )
+from backends.tvm.panel_kernels import PANEL
 from compiler.errors import BackendError
 from compiler.ir_utils import add_initializer
 
@@ -378,12 +381,19 @@ class PackedMatMul(OnnxOpConverter):
                 relax.call_tir(gv, [flat, *weights], relax.TensorType((rows, n), "float32"))
             )
             return relax.op.reshape(out, (*shape[:-1], n))
-        func = dequantize_func(k, n, bits=bits, group=group, symmetric=symmetric, quads=quads)
-        gv = _add(bb, func, f"packed_dequantize_{tag}")
-        w = bb.emit(relax.call_tir(gv, weights, relax.TensorType((k, n), "float32")))
+        # (imported here: panel_gemm builds on this module)
+        from backends.tvm.panel_gemm import panel_product, worth_panels
+
         if quads:  # int8 activations, as the GEMV: the same function at every row count
             a = bb.emit_te(round_activations, a, group, primfunc_name_hint="round_activations")
-        return relax.op.matmul(a, w)
+        panels = worth_panels(n)
+        func = dequantize_func(
+            k, n, bits=bits, group=group, symmetric=symmetric, quads=quads, panels=panels
+        )
+        gv = _add(bb, func, f"packed_dequantize_{tag}{'_panels' if panels else ''}")
+        shape = (-(-n // PANEL), k, PANEL) if panels else (k, n)
+        w = bb.emit(relax.call_tir(gv, weights, relax.TensorType(shape, "float32")))
+        return panel_product(bb, a, w, None, k, n) if panels else relax.op.matmul(a, w)
 
 
 class PackedGather(OnnxOpConverter):

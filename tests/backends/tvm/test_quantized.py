@@ -69,6 +69,14 @@ def test_tvm_matches_onnxruntime(rows, bits, group, symmetric):
     assert any(p.dtype == np.uint8 for p in compiled.params)
 
 
+@pytest.mark.parametrize(("bits", "symmetric"), [(4, False), (8, True)])
+def test_prefill_dequantizes_into_panels_for_the_gemm_kernel(bits, symmetric):
+    """N = 160: five panels of 32, so many-row products run the panel GEMM kernel."""
+    text = f"quantize(bits={bits},group=16,symmetric={str(symmetric).lower()})"
+    _, got, expected = compile_quantized_linear(24, 80, 160, text)
+    assert max_error({"y": got}, expected)["y"] <= 1e-5
+
+
 def test_a_stack_of_layers_and_tied_weights_compile_to_packed_weights():
     model = linear_model(1, 64, 64, layers=3)
     quantized = _quantized(model, "quantize(bits=4,group=32)")

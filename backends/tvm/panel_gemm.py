@@ -49,7 +49,7 @@ def _float_matrix(value: ir.Value | None) -> np.ndarray | None:
 
 
 def _transposed_source(value: ir.Value) -> ir.Value | None:
-    """``E`` if ``value = Transpose(E, perm=[1, 0])`` and is used for nothing but being it."""
+    """``E`` if ``value = Transpose(E, perm=[1, 0])`` (and not a graph output), else None."""
     node = value.producer()
     if node is None or node.op_type != "Transpose" or node.domain not in ("", "ai.onnx"):
         return None

@@ -1,14 +1,14 @@
 """The Relax pipeline per target: TVM's own phases, plus what makes untuned CPU code fast.
 
-``llvm``: 16-bit matmuls, convolutions and transcendental ops (exp, softmax, …) in float32,
-GEMMs to the BLAS (:mod:`backends.tvm.blas_offload`), small integer powers to multiplies
-(:mod:`backends.tvm.relax_rewrites`), TVM's ``FastMathTransform`` (polynomial
-exp/tanh/erf, vectorizable; relative error ~1e-7 on the models tested), then TVM's CPU phases
-(library dispatch, legalize + fuse, dataflow lowering, finalize). After fusion, empty
-constants become allocations and kernels follow the run-time shapes they use
-(:mod:`backends.tvm.relax_rewrites`). Between fusion and lowering, kernels with records in a
-tuning database (``compiler tune``) take their tuned schedules, and the rest get our schedule
-rules (:mod:`backends.tvm.schedules`).
+``llvm``: 16-bit matmuls, convolutions and transcendental ops (exp, softmax, …) in float32, GEMMs
+to the BLAS (:mod:`backends.tvm.blas_offload`; products on constant weights arrive here already as
+our panel GEMM kernel, :mod:`backends.tvm.panel_gemm`), small integer powers to multiplies
+(:mod:`backends.tvm.relax_rewrites`), TVM's ``FastMathTransform`` (polynomial exp/tanh/erf,
+vectorizable; relative error ~1e-7 on the models tested), then TVM's CPU phases (library dispatch,
+legalize + fuse, dataflow lowering, finalize). After fusion, empty constants become allocations and
+kernels follow the run-time shapes they use (:mod:`backends.tvm.relax_rewrites`). Between fusion
+and lowering, kernels with records in a tuning database (``compiler tune``) take their tuned
+schedules, and the rest get our schedule rules (:mod:`backends.tvm.schedules`).
 ``cuda`` and others: TVM's default pipeline for the target (dlight GPU rules included).
 """
 

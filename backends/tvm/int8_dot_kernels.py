@@ -5,7 +5,8 @@ int8 per group of K at run time, then products are summed in int32 — 64 multip
 instruction, where the float kernel (:func:`backends.tvm.packed_kernels.gemv_func`) converts
 every code to float32 first and is bound by that conversion, not by memory.
 
-Layout (:func:`pack_quads`): codes ``[N, K]`` become int32 words ``Q`` ``[T, Kp/4, 16]``: word
+Layout (:func:`pack_quads`, :func:`tile_grid`): codes ``[N, K]`` become int32 words ``Q``
+``[T, Kp/4, 16]``, scales (and zero points) ``[T, G, tile]``. Word
 ``Q[t, q, j]`` holds, in byte ``b``, the code of channel ``16t + j`` (int8) at ``k = 4q + b``;
 for int4 the low nibble is channel ``32t + j`` and the high nibble channel ``32t + 16 + j``.
 One 64-byte load then feeds ``vpdpbusd`` directly: lane ``j`` gets ``Σ_b code·x`` over 4 ``k``.
@@ -37,6 +38,8 @@ __all__ = [
     "pack_quads",
     "round_activations",
     "supports",
+    "tile_grid",
+    "tile_grid_at",
 ]
 
 _OPAQUE = 8  # relax OpPatternKind::kOpaque
@@ -58,6 +61,23 @@ def pack_quads(codes: np.ndarray, bits: int, group: int) -> np.ndarray:
     return np.ascontiguousarray(data).view("<i4").reshape(tiles, kp // 4, 16)
 
 
+def tile_grid(grid: np.ndarray, bits: int) -> np.ndarray:
+    """Scales or zero points ``[G, N]`` -> ``[T, G, tile]``: each tile's own, contiguous.
+
+    A tile then streams its codes *and* its scales in order; ``[G, N]`` rows are ``4N`` bytes
+    apart, a cache miss per group and tile from DRAM (it halved the int4 GEMV's bandwidth).
+    """
+    groups, n = grid.shape
+    tile = tile_channels(bits)
+    return np.ascontiguousarray(grid.reshape(groups, n // tile, tile).transpose(1, 0, 2))
+
+
+def tile_grid_at(grid, bits: int, g, n):
+    """TE: entry ``[g, n]`` of a grid laid out by :func:`tile_grid`."""
+    tile = tile_channels(bits)
+    return grid[n // tile, g, n % tile]
+
+
 def dequantized_code(packed, bits: int, k, n):
     """TE: the code of weight ``(n, k)`` (uint8 value, as int32) from quads."""
     tile = tile_channels(bits)
@@ -73,7 +93,8 @@ def int8_dot_gemv_func(
 ) -> tirx.PrimFunc:
     """``y = x · Wᵀ`` for ``x`` float32 ``[rows, k]`` on quads (see the module doc).
 
-    Parameters ``(x, quads, scales [G, n][, zeros [G, n]], y [rows, n])``.
+    Parameters ``(x, quads, scales [T, G, tile][, zeros [T, G, tile]], y [rows, n])``: scales
+    and zero points per tile (:func:`tile_grid`).
     """
     tile, halves = tile_channels(bits), 8 // bits
     tiles, groups = n // tile, -(-k // group)
@@ -88,8 +109,8 @@ def int8_dot_gemv_func(
             return xb[m, col]
         return T.if_then_else(col < k, xb[m, T.min(col, k - 1)], T.float32(0))
 
-    def zero(zb, g, c):
-        return T.broadcast(T.float32(2 ** (bits - 1)), 16) if zb is None else zb[g, c]
+    def zero(zb, t_, g, c):
+        return T.broadcast(T.float32(2 ** (bits - 1)), 16) if zb is None else zb[t_, g, c]
 
     def dot(acc, codes, xw):
         return T.call_llvm_pure_intrin(
@@ -150,15 +171,15 @@ def int8_dot_gemv_func(
                                 acc[u, 0, lanes] = dot(acc[u, 0, lanes], low, word)
                                 acc[u, 1, lanes] = dot(acc[u, 1, lanes], high, word)
                     for h in T.unroll(halves):
-                        c = T.ramp(t * tile + h * 16, 1, 16)
+                        c = T.ramp(h * 16, 1, 16)  # within the tile
                         total = acc[0, h, lanes] + acc[1, h, lanes] + acc[2, h, lanes]
                         total = total + acc[3, h, lanes]
-                        centered = T.Cast("float32x16", total) - zero(Z, g, c) * T.broadcast(
+                        centered = T.Cast("float32x16", total) - zero(Z, t, g, c) * T.broadcast(
                             T.Cast("float32", xsum[m, g]), 16
                         )
                         out[h, lanes] = (
                             out[h, lanes]
-                            + S[g, c] * T.broadcast(amax[m, g] / T.float32(127), 16) * centered
+                            + S[t, g, c] * T.broadcast(amax[m, g] / T.float32(127), 16) * centered
                         )
                 for h in T.unroll(halves):
                     Y[m, T.ramp(t * tile + h * 16, 1, 16)] = out[h, lanes]
@@ -169,7 +190,7 @@ def int8_dot_gemv_func(
         def func(x_: T.handle, p_: T.handle, s_: T.handle, y_: T.handle):
             X = T.match_buffer(x_, (rows, k), "float32")
             P = T.match_buffer(p_, (tiles, kp // 4, 16), "int32")
-            S = T.match_buffer(s_, (groups, n), "float32")
+            S = T.match_buffer(s_, (tiles, groups, tile), "float32")
             Y = T.match_buffer(y_, (rows, n), "float32")
             body(X, P, S, None, Y)
 
@@ -179,8 +200,8 @@ def int8_dot_gemv_func(
         def func(x_: T.handle, p_: T.handle, s_: T.handle, z_: T.handle, y_: T.handle):
             X = T.match_buffer(x_, (rows, k), "float32")
             P = T.match_buffer(p_, (tiles, kp // 4, 16), "int32")
-            S = T.match_buffer(s_, (groups, n), "float32")
-            Z = T.match_buffer(z_, (groups, n), "float32")
+            S = T.match_buffer(s_, (tiles, groups, tile), "float32")
+            Z = T.match_buffer(z_, (tiles, groups, tile), "float32")
             Y = T.match_buffer(y_, (rows, n), "float32")
             body(X, P, S, Z, Y)
 

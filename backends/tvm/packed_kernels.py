@@ -157,14 +157,27 @@ def dequantize_func(
     """
     packed, scales, zeros, groups = _placeholders(k, n, bits, group, symmetric)
     code = _code
+
+    def grid_at(grid, g, c):
+        return grid[g, c]
+
     if quads:  # that module builds on this one
         from backends.tvm.int8_dot_kernels import dequantized_code as code
+        from backends.tvm.int8_dot_kernels import tile_grid_at
 
-        packed = te.placeholder((packed.shape[0], groups * group // 4, 16), "int32", "packed")
+        tiles = packed.shape[0]
+        packed = te.placeholder((tiles, groups * group // 4, 16), "int32", "packed")
+        tiled = (tiles, groups, tile_channels(bits))
+        scales = te.placeholder(tiled, "float32", "scales")
+        zeros = None if zeros is None else te.placeholder(tiled, "float32", "zeros")
+
+        def grid_at(grid, g, c):
+            return tile_grid_at(grid, bits, g, c)
 
     def weight(r, c):
-        zero = _zero(zeros, bits, r // group, c)
-        return (code(packed, bits, r, c).astype("float32") - zero) * scales[r // group, c]
+        g = r // group
+        zero = tirx.const(2 ** (bits - 1), "float32") if zeros is None else grid_at(zeros, g, c)
+        return (code(packed, bits, r, c).astype("float32") - zero) * grid_at(scales, g, c)
 
     if panels:
         width = PANEL

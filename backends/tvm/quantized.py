@@ -33,7 +33,12 @@ import onnx_ir as ir
 from tvm import relax, tirx
 from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
-from backends.tvm.int8_dot_kernels import int8_dot_gemv_func, pack_quads, round_activations
+from backends.tvm.int8_dot_kernels import (
+    int8_dot_gemv_func,
+    pack_quads,
+    round_activations,
+    tile_grid,
+)
 from backends.tvm.int8_dot_kernels import supports as int8_dot_supports
 from backends.tvm.packed_kernels import (
     dequantize_func,
@@ -321,14 +326,15 @@ def lower_quantized(model: ir.Model, *, int8_dot: bool = False) -> bool:
                 pack_tiles(codes, bits, group),
             )
         )
+        grid = tile_grid if quads else lambda array, _bits: np.ascontiguousarray(array)
         inputs = [
             node.inputs[0],
             weights.add(*layout),
-            weights.add(f"{stem}_tile_scales", scale_grid),
+            weights.add(f"{stem}_tile_scales", grid(scale_grid, bits)),
         ]
         if zeros is not None:
-            grid = _unpack_zero_points(zeros, n, blocks, bits).T.astype(np.float32)
-            inputs.append(weights.add(f"{stem}_tile_zeros", np.ascontiguousarray(grid)))
+            zero_grid = _unpack_zero_points(zeros, n, blocks, bits).T.astype(np.float32)
+            inputs.append(weights.add(f"{stem}_tile_zeros", grid(zero_grid, bits)))
         new = ir.node(
             "PackedMatMul",
             inputs,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tvm
 
-from backends.tvm.int8_dot_kernels import int8_dot_gemv_func, pack_quads
+from backends.tvm.int8_dot_kernels import int8_dot_gemv_func, pack_quads, tile_grid
 from backends.tvm.target import host_target
 from compiler.numerics import max_error
 from tests.backends.tvm.test_quantized import compile_quantized_linear
@@ -69,8 +69,8 @@ def test_kernel_computes_the_int8_activation_product(bits, symmetric, rows, k, g
     lib = tvm.compile(
         tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=host_target()
     )
-    args = [x, pack_quads(codes, bits, group), scales]
-    args += [] if zeros is None else [zeros]
+    args = [x, pack_quads(codes, bits, group), tile_grid(scales, bits)]
+    args += [] if zeros is None else [tile_grid(zeros, bits)]
     args = [tvm.runtime.tensor(a) for a in [*args, np.zeros((rows, n), np.float32)]]
     lib["main"](*args)
     expected = _emulated(x.astype(np.float64), codes, scales, zeros, bits, group)

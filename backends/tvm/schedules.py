@@ -18,12 +18,13 @@ Kernels smaller than ``PARALLEL_MIN_ELEMENTS`` stay on one thread: waking the po
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
+from tvm import ir, s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import get_extent, try_inline
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 from tvm.target.codegen import llvm_get_vector_width
+from tvm.tirx.analysis import undefined_vars
 
 __all__ = ["PARALLEL_MIN_ELEMENTS", "Injective", "Reduction", "ReductionFallback", "cpu_rules"]
 
@@ -95,17 +96,20 @@ class Injective(CPUScheduleRule):
         loops = sch.get_loops(block)
         if not loops or _has_empty_loop(sch, loops):
             return None
+        lanes = _lanes(sch, block, target)
+        # A select (concat, pad) whose condition changes inside a vector miscompiles in TVM's
+        # vectorizer: a rotary embedding's concat of 4-wide halves in 16 lanes gave NaN. Such
+        # kernels vectorize only a last axis the conditions do not read (a KV cache's concat
+        # along the sequence, rows of head_dim), else run scalar (found by tools/conformance.py,
+        # test_rotary_embedding_3d_input).
+        if "if_then_else" in str(sch.get(block)):
+            return _vectorize_free_last_axis(sch, block, loops, lanes)
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         extent = get_extent(sch, fused)
         if not isinstance(extent, int):
             sch.parallel(fused)
             return sch
-        lanes = _lanes(sch, block, target)
-        # A select (concat, pad) whose condition changes inside a vector miscompiles in TVM's
-        # vectorizer: a rotary embedding's concat of 4-wide halves in 16 lanes gave NaN. Such
-        # kernels run scalar (found by tools/conformance.py, test_rotary_embedding_3d_input).
-        selects = "if_then_else" in str(sch.get(block))
-        if not selects and extent % lanes == 0 and extent >= 2 * lanes:
+        if extent % lanes == 0 and extent >= 2 * lanes:
             outer, inner = sch.split(fused, factors=[None, lanes])
             sch.vectorize(inner)
             if extent >= PARALLEL_MIN_ELEMENTS:
@@ -113,6 +117,62 @@ class Injective(CPUScheduleRule):
         elif extent >= PARALLEL_MIN_ELEMENTS:
             sch.parallel(fused)
         return sch
+
+
+def _conditions(expr) -> list:
+    """The conditions of every ``if_then_else`` in ``expr`` (a walk over its operands)."""
+    found = []
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ir.Call):
+            if isinstance(node.op, ir.Op) and node.op.name.endswith("if_then_else"):
+                found.append(node.args[0])
+            stack.extend(node.args)
+            continue
+        for field in ("a", "b", "value", "condition", "true_value", "false_value"):
+            child = getattr(node, field, None)
+            if isinstance(child, ir.expr.Expr):
+                stack.append(child)
+        stack.extend(getattr(node, "indices", None) or [])
+    return found
+
+
+def _conditions_read(stmt, var: tirx.Var) -> bool:
+    """Whether a select condition in the block ``stmt`` (a single store) reads ``var``; True
+    when the body is not one store (nothing known, so nothing assumed)."""
+    body = stmt.body
+    if not isinstance(body, tirx.BufferStore):
+        return True
+    conditions = _conditions(body.value)
+    return any(any(v.same_as(var) for v in undefined_vars(c)) for c in conditions)
+
+
+def _vectorize_free_last_axis(sch: s_tir.Schedule, block, loops, lanes: int):
+    """A select kernel: the loops but the last fused and parallel; the last vectorized when no
+    condition reads it and ``lanes`` divides it."""
+    stmt = sch.get(block)
+    last = get_extent(sch, loops[-1])
+    outer = loops[:-1]
+    free = (
+        len(loops) > 1
+        and isinstance(last, int)
+        and last % lanes == 0
+        and not _conditions_read(stmt, stmt.iter_vars[-1].var)
+    )
+    if not free:
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        extent = get_extent(sch, fused)
+        if not isinstance(extent, int) or extent >= PARALLEL_MIN_ELEMENTS:
+            sch.parallel(fused)
+        return sch
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    _, inner = sch.split(loops[-1], factors=[None, lanes])
+    sch.vectorize(inner)
+    extent = get_extent(sch, fused)
+    if not isinstance(extent, int) or extent * last >= PARALLEL_MIN_ELEMENTS:
+        sch.parallel(fused)
+    return sch
 
 
 class ReductionFallback(CPUScheduleRule):

@@ -4,9 +4,12 @@ compiled with TVM and compared with onnxruntime (onnx's reference for TensorScat
 from __future__ import annotations
 
 import onnx
+import onnx_ir as ir
 import pytest
 
-from tests.backends.tvm.op_testing import check
+from backends.tvm import compile_model
+from compiler.errors import BackendError
+from tests.backends.tvm.op_testing import check, model_from_text
 
 pytestmark = pytest.mark.tvm
 
@@ -61,3 +64,29 @@ CASES = {
 def test_op_matches_reference(name):
     text, reference, given = CASES[name]
     check(text, reference=reference, **given)
+
+
+@pytest.mark.parametrize(
+    ("axis", "index", "out"), [(0, 2, "4, 5"), (1, -1, "3, 5"), (-1, 0, "3, 4")]
+)
+def test_gather_of_one_constant_position_is_a_slice(axis, index, out):
+    check(
+        f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[3, 4, 5] x) => (float[{out}] y) <int64 i = {{{index}}}> {{
+            y = Gather<axis={axis}>(x, i)
+        }}
+        """
+    )
+
+
+def test_gather_of_a_constant_position_outside_the_axis_names_the_node():
+    model = model_from_text(
+        """
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[3, 4] x) => (float[4] y) <int64 i = {0}> { y = Gather<axis=0>(x, i) }
+        """
+    )
+    model.graph.initializer[0].int64_data[:] = [7]
+    with pytest.raises(BackendError, match="index 7 is outside an axis of 3"):
+        compile_model(ir.serde.deserialize_model(model))

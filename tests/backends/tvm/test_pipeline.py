@@ -106,6 +106,31 @@ def test_schedule_rules_parallelize_and_vectorize():
     assert "T.parallel(64)" in scheduled
 
 
+def test_a_select_vectorizes_only_a_last_axis_its_condition_does_not_read():
+    """Concat along axis 1 (a KV cache): rows of 64 vectorize; along the last axis: scalar."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(private=True, s_tir=True)
+    def rows(a: T.Buffer((8, 128, 64), "float32"), b: T.Buffer((8, 1, 64), "float32"),
+             c: T.Buffer((8, 129, 64), "float32")):  # fmt: skip
+        for i, j, k in T.grid(8, 129, 64):
+            with T.sblock("c"):
+                vi, vj, vk = T.axis.remap("SSS", [i, j, k])
+                c[vi, vj, vk] = T.if_then_else(vj < 128, a[vi, T.min(vj, 127), vk], b[vi, 0, vk])
+
+    @T.prim_func(private=True, s_tir=True)
+    def columns(a: T.Buffer((64, 4), "float32"), b: T.Buffer((64, 12), "float32"),
+                c: T.Buffer((64, 16), "float32")):  # fmt: skip
+        for i, j in T.grid(64, 16):
+            with T.sblock("c"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                c[vi, vj] = T.if_then_else(vj < 4, a[vi, T.min(vj, 3)], b[vi, T.max(vj - 4, 0)])
+
+    target = tvm.target.Target(host_target())
+    assert "T.vectorized" in Injective().apply(rows, target, False).mod["main"].script()
+    assert "T.vectorized" not in Injective().apply(columns, target, False).mod["main"].script()
+
+
 def test_compiled_pipeline_matches_onnxruntime(model):
     inputs = seeded_inputs(model)
     inputs["i"] = RNG.integers(-5, 5, size=(4, 8)).astype(np.int32)

@@ -3,7 +3,9 @@
     python tools/bench_gemm.py [--threads 2] [--runs 30] [--json gemm-routes.json]
 
 Times ``C = A · W`` for a constant weight ``W`` on the shapes of a GPT-2 prefill (128 tokens,
-hidden 768), interleaved run by run, medians of ``--runs``, as GFLOP/s:
+hidden 768), as GFLOP/s of the median of ``--runs``. Routes take turns in blocks of runs (3
+rounds), a pause before each block: back to back, one library's spinning thread pool takes
+the cores the next one needs, and every route measured half its speed or less.
 
 * ``panel``: :func:`backends.tvm.panel_kernels.gemm_func` on weights packed once
   (:mod:`backends.tvm.panel_gemm`, what ``build`` uses);
@@ -29,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+ROUNDS = 3
 SHAPES = [  # (M, K, N): GPT-2 QKV, attention out, MLP up, MLP down, a 8192-column head
     (128, 768, 2304),
     (128, 768, 768),
@@ -119,11 +122,14 @@ def main() -> int:
             for _ in range(3):
                 run()
         samples = {name: [] for name in routes}
-        for _ in range(args.runs):
+        for _ in range(ROUNDS):  # blocks per route, so no pool spins into another's block
             for name, run in routes.items():
-                start = time.perf_counter()
+                time.sleep(0.3)
                 run()
-                samples[name].append(time.perf_counter() - start)
+                for _ in range(-(-args.runs // ROUNDS)):
+                    start = time.perf_counter()
+                    run()
+                    samples[name].append(time.perf_counter() - start)
         flops = 2 * m * k * n
         gflops = {name: flops / float(np.median(s)) / 1e9 for name, s in samples.items()}
         results["shapes"].append(

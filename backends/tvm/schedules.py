@@ -7,7 +7,8 @@ BLAS, see :mod:`backends.tvm.blas_offload`), in this order, first match wins:
 * :class:`Reduction` — TVM's ``dl.cpu.Reduction`` (softmax, LayerNorm, RMSNorm-like fused
   reductions), guarded: when every reduction has a single output row (a decode step's
   LayerNorm over [1, 1, 768]), TVM's rule parallelizes the *normalized* axis and recomputes the
-  reduction for every element (1.2 ms instead of microseconds); such kernels are left serial;
+  reduction for every element (1.2 ms instead of microseconds); such kernels, and reductions of
+  fewer than ``SERIAL_MAX_REDUCTION_WORK`` iterations in all, are left serial;
 * :class:`Injective`: elementwise/broadcast/transpose chains — producers inlined, all loops fused,
   the innermost ``lanes`` (vector width / element bits) vectorized, the rest parallel over cores;
 * :class:`ReductionFallback`: any other kernel with leading spatial loops — those are fused and
@@ -29,6 +30,9 @@ from tvm.tirx.analysis import undefined_vars
 __all__ = ["PARALLEL_MIN_ELEMENTS", "Injective", "Reduction", "ReductionFallback", "cpu_rules"]
 
 PARALLEL_MIN_ELEMENTS = 4096
+# Reductions with fewer loop iterations than this run on one thread: a decode step's softmax
+# over 12 heads × 129 positions took 36 µs in parallel (pool wake-up), a few µs serial.
+SERIAL_MAX_REDUCTION_WORK = 4 * PARALLEL_MIN_ELEMENTS
 
 
 def _lanes(sch: s_tir.Schedule, block, target: Target) -> int:
@@ -46,6 +50,19 @@ def _spatial_size(info) -> int | None:
                 return None
             size *= it.dom
     return size
+
+
+def _iterations(infos) -> int | None:
+    """Loop iterations over all blocks (spatial × reduce), or None if any extent is symbolic."""
+    total = 0
+    for info in infos:
+        size = 1
+        for it in info.iters:
+            if not isinstance(it.dom, int):
+                return None
+            size *= it.dom
+        total += size
+    return total
 
 
 def _has_empty_loop(sch: s_tir.Schedule, loops) -> bool:
@@ -67,6 +84,9 @@ class Reduction(CPUScheduleRule):
         reductions = [info for info in infos if not info.is_injective()]
         if reductions and all(_spatial_size(info) == 1 for info in reductions):
             return None
+        work = _iterations(infos)
+        if reductions and work is not None and work < SERIAL_MAX_REDUCTION_WORK:
+            return s_tir.Schedule(func)  # small: one thread, as it is
         try:
             return dl.cpu.Reduction().apply(func, target, tunable)
         except Exception:

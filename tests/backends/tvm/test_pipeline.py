@@ -17,7 +17,7 @@ from backends.tvm import compile_model, host_target
 from backends.tvm.blas_offload import OffloadMatmulToBlas
 from backends.tvm.compile import _proto_for_tvm
 from backends.tvm.relax_rewrites import HalfMatmulInFloat, SimplifyPower
-from backends.tvm.schedules import Injective, ReductionFallback
+from backends.tvm.schedules import Injective, ReductionFallback, cpu_rules
 from compiler.numerics import max_error
 from tests.helpers import model_from_text, seeded_inputs, weights_text
 
@@ -129,6 +129,32 @@ def test_a_select_vectorizes_only_a_last_axis_its_condition_does_not_read():
     target = tvm.target.Target(host_target())
     assert "T.vectorized" in Injective().apply(rows, target, False).mod["main"].script()
     assert "T.vectorized" not in Injective().apply(columns, target, False).mod["main"].script()
+
+
+def test_small_reductions_stay_on_one_thread():
+    """A decode step's softmax scores (12 × 129): a parallel launch costs more than the work."""
+    from tvm.script import tirx as T
+
+    def row_max(rows: int, cols: int):
+        @T.prim_func(private=True, s_tir=True)
+        def func(a: T.Buffer((rows, cols), "float32"), m: T.Buffer((rows,), "float32")):
+            for i, k in T.grid(rows, cols):
+                with T.sblock("m"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    with T.init():
+                        m[vi] = T.float32(-3.4e38)
+                    m[vi] = T.max(m[vi], a[vi, vk])
+
+        return func
+
+    target = tvm.target.Target(host_target())
+
+    def scheduled(func) -> str:  # the first rule that takes it, as the pipeline applies them
+        sch = next(s for rule in cpu_rules() if (s := rule.apply(func, target, False)))
+        return sch.mod["main"].script()
+
+    assert "T.parallel" not in scheduled(row_max(12, 129))
+    assert "T.parallel" in scheduled(row_max(1536, 128))
 
 
 def test_compiled_pipeline_matches_onnxruntime(model):

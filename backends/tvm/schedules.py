@@ -170,7 +170,9 @@ def _conditions_read(stmt, var: tirx.Var) -> bool:
 
 def _vectorize_free_last_axis(sch: s_tir.Schedule, block, loops, lanes: int):
     """A select kernel: the loops but the last fused and parallel; the last vectorized when no
-    condition reads it and ``lanes`` divides it."""
+    condition reads it and ``lanes`` divides it (``normalize_prim_func`` has bound the block's
+    iteration variables to the loops one to one, in order, so the last loop is the last one).
+    """
     stmt = sch.get(block)
     last = get_extent(sch, loops[-1])
     outer = loops[:-1]

@@ -32,7 +32,8 @@ from tvm import relax
 from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
 from backends.tvm.panel_kernels import PANEL, gather_func, gemm_func, pack_panels
-from backends.tvm.quantized import DOMAIN, WeightTable, drop_unused_initializers
+from backends.tvm.quantized import DOMAIN, WeightTable
+from compiler.ir_utils import drop_unused
 
 __all__ = ["PanelGather", "PanelMatMul", "lower_float_matmuls", "panel_product", "worth_panels"]
 
@@ -210,9 +211,9 @@ def lower_float_matmuls(model: ir.Model) -> bool:
                 ir.convenience.replace_nodes_and_values(
                     graph, user, [user], [gather], user.outputs, gather.outputs
                 )
-            elif user.op_type == "Transpose" and not user.outputs[0].uses():
-                graph.remove(user, safe=True)
-        drop_unused_initializers(graph, [source])
+        # the Transposes left without users, then the weight itself
+        drop_unused(graph, [use.node.outputs[0] for use in source.uses()])
+        drop_unused(graph, [source])
         changed = True
     if changed:
         model.opset_imports.setdefault(DOMAIN, 1)
@@ -246,7 +247,7 @@ def _replace_product(
     ir.convenience.replace_nodes_and_values(
         graph, node, old, nodes, old[-1].outputs, nodes[-1].outputs
     )
-    drop_unused_initializers(graph, [v for v in dropped if v is not panels])
+    drop_unused(graph, [v for v in dropped if v is not None and v is not panels])
 
 
 def worth_panels(n: int) -> bool:

@@ -58,7 +58,6 @@ __all__ = [
     "PackedGather",
     "PackedMatMul",
     "WeightTable",
-    "drop_unused_initializers",
     "lower_quantized",
     "pack_tiles",
 ]
@@ -100,8 +99,7 @@ def _unpack_zero_points(z: np.ndarray, n: int, blocks: int, bits: int) -> np.nda
     return rows[:, :blocks]
 
 
-def drop_unused_initializers(graph: ir.Graph, values: list[ir.Value | None]) -> None:
-    """Removes each of ``values`` that is an initializer nothing uses any more."""
+def _drop_initializers(graph: ir.Graph, values: list[ir.Value | None]) -> None:
     for value in values:
         if value is not None and not value.uses() and value.is_initializer():
             graph.initializers.pop(value.name, None)
@@ -217,7 +215,7 @@ def _lower_matmul_integer(graph: ir.Graph, node: ir.Node, weights: WeightTable) 
     ir.convenience.replace_nodes_and_values(
         graph, node, [node, cast], nodes, cast.outputs, matmul.outputs
     )
-    drop_unused_initializers(graph, old_weights)
+    _drop_initializers(graph, old_weights)
     return True
 
 
@@ -260,7 +258,7 @@ def _lower_dequantize_matmul(graph: ir.Graph, node: ir.Node, weights: WeightTabl
     ir.convenience.replace_nodes_and_values(
         graph, matmul, [node, matmul], [packed], matmul.outputs, packed.outputs
     )
-    drop_unused_initializers(graph, old_weights)
+    _drop_initializers(graph, old_weights)
     return True
 
 
@@ -288,7 +286,7 @@ def lower_quantized(model: ir.Model, *, int8_dot: bool = False) -> bool:
             ir.convenience.replace_nodes_and_values(
                 graph, node, [node], [new], node.outputs, new.outputs
             )
-            drop_unused_initializers(graph, old_inputs)
+            _drop_initializers(graph, old_inputs)
             changed = True
             continue
         if node.op_type != "MatMulNBits":
@@ -346,7 +344,7 @@ def lower_quantized(model: ir.Model, *, int8_dot: bool = False) -> bool:
         ir.convenience.replace_nodes_and_values(
             graph, node, [node], [new], node.outputs, new.outputs
         )
-        drop_unused_initializers(graph, old_weights)
+        _drop_initializers(graph, old_weights)
         changed = True
     if changed:
         model.opset_imports.setdefault(DOMAIN, 1)

@@ -50,12 +50,19 @@ def padded_codes(codes: np.ndarray, bits: int, group: int) -> np.ndarray:
     return padded
 
 
-def _placeholders(k: int, n: int, bits: int, group: int, symmetric: bool):
+def _placeholders(k: int, n: int, bits: int, group: int, symmetric: bool, quads: bool = False):
+    """Packed codes, scales, zero points (None when symmetric) and the group count; ``quads``:
+    in the int8-dot layouts (:mod:`backends.tvm.int8_dot_kernels`)."""
     tiles = -(-n // tile_channels(bits))
     groups = -(-k // group)
-    packed = te.placeholder((tiles, groups * group, 16), "uint8", "packed")
-    scales = te.placeholder((groups, n), "float32", "scales")
-    zeros = None if symmetric else te.placeholder((groups, n), "float32", "zeros")
+    if quads:
+        packed = te.placeholder((tiles, groups * group // 4, 16), "int32", "packed")
+        grid = (tiles, groups, tile_channels(bits))
+    else:
+        packed = te.placeholder((tiles, groups * group, 16), "uint8", "packed")
+        grid = (groups, n)
+    scales = te.placeholder(grid, "float32", "scales")
+    zeros = None if symmetric else te.placeholder(grid, "float32", "zeros")
     return packed, scales, zeros, groups
 
 
@@ -155,24 +162,19 @@ def dequantize_func(
     ``panels``: ``W`` is written as the panel GEMM's ``[⌈n/32⌉, k, 32]`` (zero past ``n``,
     :mod:`backends.tvm.panel_kernels`) instead.
     """
-    packed, scales, zeros, groups = _placeholders(k, n, bits, group, symmetric)
-    code = _code
-
-    def grid_at(grid, g, c):
-        return grid[g, c]
-
+    packed, scales, zeros, _ = _placeholders(k, n, bits, group, symmetric, quads)
     if quads:  # that module builds on this one
         from backends.tvm.int8_dot_kernels import dequantized_code as code
         from backends.tvm.int8_dot_kernels import tile_grid_at
 
-        tiles = packed.shape[0]
-        packed = te.placeholder((tiles, groups * group // 4, 16), "int32", "packed")
-        tiled = (tiles, groups, tile_channels(bits))
-        scales = te.placeholder(tiled, "float32", "scales")
-        zeros = None if zeros is None else te.placeholder(tiled, "float32", "zeros")
-
         def grid_at(grid, g, c):
             return tile_grid_at(grid, bits, g, c)
+
+    else:
+        code = _code
+
+        def grid_at(grid, g, c):
+            return grid[g, c]
 
     def weight(r, c):
         g = r // group

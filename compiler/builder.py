@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import platform
 import time
 from collections.abc import Callable, Mapping
@@ -67,6 +66,7 @@ from compiler.numerics import max_error, random_inputs
 from compiler.pass_manager import Instrument, PassContext, PassManager
 from compiler.pass_registry import PassRegistry
 from compiler.pipeline import build_passes
+from compiler.threads import physical_cores
 from passes.fusion import fusion_coverage
 from passes.lowrank import lowrank_records
 from passes.precision import cast_records
@@ -497,7 +497,7 @@ def _latency(
         write_manifest(directory, manifest_base)
     try:
         result = bench_artifact(
-            directory, runs=runs, warmup=1, threads=os.cpu_count() or 1, gap_s=LATENCY_GAP_S
+            directory, runs=runs, warmup=1, threads=physical_cores(), gap_s=LATENCY_GAP_S
         )
     except CompilerError as e:  # a model onnxruntime cannot run still builds
         return {"measured": False, "reason": str(e)}

@@ -21,6 +21,7 @@ from compiler.artifact import LIBRARY_FILE, WEIGHTS_FILE, read_manifest
 from compiler.errors import ArtifactError, BackendError, InputError
 from compiler.narrow_storage import from_storage, to_storage
 from compiler.safetensors_io import SafetensorsError, read_safetensors
+from compiler.threads import default_tvm_threads
 
 __all__ = ["CompiledModel", "load"]
 
@@ -29,6 +30,8 @@ __all__ = ["CompiledModel", "load"]
 # instead of 170 with 2 spinning workers on 2 cores. Read when TVM's pool starts; a value the
 # user set wins.
 os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
+# One TVM worker per physical core (TVM's own default is half the hardware threads).
+default_tvm_threads()
 
 
 def _device(kind: str):

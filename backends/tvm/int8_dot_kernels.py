@@ -171,15 +171,18 @@ def int8_dot_gemv_func(
                                 acc[u, 0, lanes] = dot(acc[u, 0, lanes], low, word)
                                 acc[u, 1, lanes] = dot(acc[u, 1, lanes], high, word)
                     for h in T.unroll(halves):
-                        c = T.ramp(h * 16, 1, 16)  # within the tile
+                        # channels h*16.. of the tile, written out where used: a ramp bound
+                        # to a name becomes a let variable, and its loads turn into gathers
                         total = acc[0, h, lanes] + acc[1, h, lanes] + acc[2, h, lanes]
                         total = total + acc[3, h, lanes]
-                        centered = T.Cast("float32x16", total) - zero(Z, t, g, c) * T.broadcast(
-                            T.Cast("float32", xsum[m, g]), 16
-                        )
+                        centered = T.Cast("float32x16", total) - zero(
+                            Z, t, g, T.ramp(h * 16, 1, 16)
+                        ) * T.broadcast(T.Cast("float32", xsum[m, g]), 16)
                         out[h, lanes] = (
                             out[h, lanes]
-                            + S[t, g, c] * T.broadcast(amax[m, g] / T.float32(127), 16) * centered
+                            + S[t, g, T.ramp(h * 16, 1, 16)]
+                            * T.broadcast(amax[m, g] / T.float32(127), 16)
+                            * centered
                         )
                 for h in T.unroll(halves):
                     Y[m, T.ramp(t * tile + h * 16, 1, 16)] = out[h, lanes]

@@ -8,10 +8,10 @@ LLVM itself (``llvm_get_system_cpu``: ``znver4`` on Zen 4, which enables AVX-512
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 from compiler.errors import BackendError
+from compiler.threads import physical_cores
 
 __all__ = ["DEFAULT_CUDA_ARCH", "host_target", "resolve_target"]
 
@@ -37,11 +37,8 @@ def host_target() -> dict[str, Any]:
     ``num-cores`` (physical cores) is what MetaSchedule parallelizes for; builds and tuning use
     the same target, so tuning records match.
     """
-    import psutil
-
     triple, cpu = _host_llvm()
-    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    target: dict[str, Any] = {"kind": "llvm", "mtriple": triple, "num-cores": int(cores)}
+    target: dict[str, Any] = {"kind": "llvm", "mtriple": triple, "num-cores": physical_cores()}
     if cpu:
         target["mcpu"] = cpu
     return target

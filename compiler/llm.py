@@ -198,6 +198,8 @@ class CausalLM:
         Stops early at ``eos`` or when the cache is full. If ``logits`` is a list, the logits
         that chose each generated token are appended to it (for checks and scoring).
         """
+        from compiler.runtime import host_zeros
+
         g = self.geometry
         prompt = [int(t) for t in np.asarray(prompt).ravel()]
         n = len(prompt)
@@ -209,8 +211,9 @@ class CausalLM:
         ids[0, :n] = prompt
         out = self.prefill({"input_ids": ids})
         cache_shape = (g.layers, 1, g.kv_heads, g.max_context, g.head_dim)
-        cache_k = np.zeros(cache_shape, np.float32)
-        cache_v = np.zeros(cache_shape, np.float32)
+        # aligned, so each decode step reads the caches in place (compiler.runtime.host_zeros)
+        cache_k = host_zeros(cache_shape, np.float32)
+        cache_v = host_zeros(cache_shape, np.float32)
         cache_k[:, :, :, : g.prefill_len] = out["keys"]
         cache_v[:, :, :, : g.prefill_len] = out["values"]
         step_logits = out["logits"][0, n - 1]

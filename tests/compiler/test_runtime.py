@@ -140,3 +140,69 @@ def test_indices_out_of_range_are_refused_before_the_compiled_gather_reads_them(
     for bad, value in ((np.array([[0, 10, 1]]), 10), (np.array([[-11, 0, 1]]), -11)):
         with pytest.raises(InputError, match=rf"'ids' has {value} at index .*Gather node"):
             embed({"ids": bad})
+
+
+def test_host_zeros_are_aligned_zeros_of_the_shape_asked():
+    from compiler.runtime import ALIGNMENT, host_zeros
+
+    for shape, dtype in (((12, 1, 3, 5), np.float32), ((7,), np.int64), ((), np.float16)):
+        array = host_zeros(shape, dtype)
+        assert array.shape == shape and array.dtype == dtype
+        assert array.ctypes.data % ALIGNMENT == 0 and array.flags.writeable
+        assert not array.any()
+
+
+def test_aligned_inputs_are_read_in_place_and_others_copied(tiny_artifact):
+    from compiler.runtime import host_zeros
+
+    model = load(tiny_artifact)
+    aligned = host_zeros((2, 8), np.float32)
+    aligned[...] = 1.5
+    assert model._library_input(aligned).data_ptr() == aligned.ctypes.data
+    unaligned = np.zeros(2 * 8 + 1, np.float32)[1:].reshape(2, 8)  # 4 bytes past an alignment
+    unaligned[...] = 1.5
+    assert model._library_input(unaligned).data_ptr() != unaligned.ctypes.data
+    readonly = aligned.copy()
+    readonly.flags.writeable = False
+    assert model._library_input(readonly).data_ptr() != readonly.ctypes.data
+    np.testing.assert_array_equal(model({"x": unaligned})["y"], model({"x": aligned})["y"])
+    np.testing.assert_array_equal(aligned, 1.5)  # inputs are never written
+
+
+def test_results_are_the_callers_own(tmp_path):
+    """A caller may modify any result, and a later run leaves earlier results alone, also where
+    the library returns an input (Identity), a view of one (Reshape) or its own constant (a
+    weight output, which zero-copy results had let the caller overwrite for every later run)."""
+    from compiler.builder import build
+    from compiler.runtime import host_zeros
+    from tests.helpers import model_from_text
+
+    model = model_from_text(
+        """
+        g (float[4,16] x) => (float[4,16] same, float[64] flat, float[4,16] doubled,
+                              float[4,16] w_out) <float[4,16] w = {{{}}}> {{
+          same = Identity(x)
+          shape = Constant <value = int64[1] {{64}}> ()
+          flat = Reshape(x, shape)
+          doubled = Add(x, x)
+          w_out = Identity(w)
+        }}
+        """.format(", ".join(str(float(v)) for v in range(64)))
+    )
+    build(model, tmp_path / "alias", verify=False, latency_runs=0)
+    run = load(tmp_path / "alias")
+    x = host_zeros((4, 16), np.float32)
+    x[...] = 2.0
+    first = run({"x": x})
+    for name, value in first.items():
+        assert value.flags.writeable, name
+        value[...] = -7.0
+    np.testing.assert_array_equal(x, 2.0)
+    second = run({"x": x})
+    np.testing.assert_array_equal(second["same"], 2.0)
+    np.testing.assert_array_equal(second["flat"], 2.0)
+    np.testing.assert_array_equal(second["doubled"], 4.0)
+    np.testing.assert_array_equal(second["w_out"].ravel(), np.arange(64, dtype=np.float32))
+    third = run({"x": x * 3})
+    np.testing.assert_array_equal(second["doubled"], 4.0)  # not overwritten by a later run
+    np.testing.assert_array_equal(third["doubled"], 12.0)

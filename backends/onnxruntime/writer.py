@@ -1,7 +1,8 @@
 """Writes an ``onnx_ir.Model`` as an ``.onnx`` file that onnxruntime runs.
 
 Weights go to ``<name>.data`` beside the model once they pass ``external_threshold`` bytes in
-total, so a model larger than protobuf's 2 GiB limit still saves.
+total, so a model larger than protobuf's 2 GiB limit still saves, and whenever a weight is still
+read from another model's external data: the saved model never points outside its own folder.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ def save_model(
 ) -> list[Path]:
     """Saves ``model`` to ``path``; returns the files written (the model and any data file)."""
     path = Path(path)
-    total = sum(
-        v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None
-    )
-    if total <= external_threshold:
+    tensors = [
+        v.const_value for v in model.graph.initializers.values() if v.const_value is not None
+    ]
+    total = sum(t.nbytes for t in tensors)
+    # A tensor still read from another file (a source model's external data) is copied into
+    # this model's own data file: saved inline, onnx_ir would keep a reference to that file.
+    borrowed = any(isinstance(t, ir.ExternalTensor) for t in tensors)
+    if total <= external_threshold and not borrowed:
         ir.save(model, path)
         return [path]
     data_name = path.name + ".data"

@@ -29,6 +29,30 @@ def test_save_model_writes_external_data_above_the_threshold(tiny_onnx, tmp_path
     )
 
 
+def test_weights_read_from_another_models_data_file_are_copied(tmp_path):
+    """A small model loaded with external data, saved again: its weights go to the new model's
+    own data file, never as a reference to the source's (the source may be moved or deleted:
+    artifacts built from such models had a model.onnx onnxruntime could not open)."""
+    source = tmp_path / "src" / "m.onnx"
+    source.parent.mkdir()
+    values = ", ".join(str(float(v)) for v in range(32 * 32))  # above onnx_ir's inline size
+    model = model_from_text(
+        f"g (float[1,32] x) => (float[1,32] y) <float[32,32] w = {{{values}}}> "
+        "{ y = MatMul(x, w) }"
+    )
+    ir.save(model, source, external_data="m.onnx.data")
+    loaded = ir.load(source)
+    assert isinstance(loaded.graph.initializers["w"].const_value, ir.ExternalTensor)
+    (tmp_path / "out").mkdir()
+    written = save_model(loaded, tmp_path / "out" / "copy.onnx")
+    assert written == [tmp_path / "out" / "copy.onnx", tmp_path / "out" / "copy.onnx.data"]
+    for file in source.parent.iterdir():
+        file.unlink()
+    x = np.ones((1, 32), np.float32)
+    weight = np.arange(32 * 32, dtype=np.float32).reshape(32, 32)
+    np.testing.assert_array_equal(run_reference(written[0], {"x": x})["y"], x @ weight)
+
+
 def test_errors_are_backend_errors():
     model = model_from_text("g (float[2] x) => (float[2] y) { y = Relu(x) }")
     session = ReferenceSession(model)

@@ -76,22 +76,31 @@ def memory_bandwidth_gbs(gib: float = 1.0, repeats: int = 5, threads: int = 1) -
     return array.nbytes / statistics.median(times) / 1e9
 
 
-# The decode GEMVs alone: a chain of GEMV_LAYERS [1, K] x [K, K] MatMuls (K = GEMV_K), so the
-# weights (64 MiB in int4, 512 MiB in fp32) stream from DRAM, never from the 32 MiB L3.
+# The decode GEMVs alone: a chain of [1, K] x [K, K] MatMuls (K = GEMV_K), long enough that
+# each variant's weights come to at least GEMV_MIN_BYTES: 8x the 32 MiB L3, so they stream from
+# DRAM, and a run lasts 8 ms or more. A run starts after a pause (compiler.bench), and idle cores
+# take a while to come back: 64 MiB int4 chains (2-4 ms) measured 1-2 ms slower after the pause
+# than back to back, for onnxruntime less; at 285 MB the two took 10-11 ms either way.
 GEMV_K = 4096
-GEMV_LAYERS = 8
+GEMV_MIN_BYTES = 256 << 20
 GEMV_VARIANTS = {
-    # name: pass pipeline (weight-only quantization; activations float32 unless accuracy_level=4)
-    "fp32": "cleanup",
-    "int8": "cleanup,quantize(bits=8,group=128)",
-    "int4": "cleanup,quantize(bits=4,group=128)",
+    # name: (bits per weight, pass pipeline); weight-only quantization, activations float32
+    # unless accuracy_level=4
+    "fp32": (32, "cleanup"),
+    "int8": (8, "cleanup,quantize(bits=8,group=128)"),
+    "int4": (4, "cleanup,quantize(bits=4,group=128)"),
     # int8 activations (MatMulNBits accuracy_level=4): integer dot products, on both runtimes
-    "int8-acc4": "cleanup,quantize(bits=8,group=128,accuracy_level=4)",
-    "int4-acc4": "cleanup,quantize(bits=4,group=128,accuracy_level=4)",
+    "int8-acc4": (8, "cleanup,quantize(bits=8,group=128,accuracy_level=4)"),
+    "int4-acc4": (4, "cleanup,quantize(bits=4,group=128,accuracy_level=4)"),
 }
 
 
-def gemv_chain(k: int = GEMV_K, layers: int = GEMV_LAYERS, seed: int = 0):
+def gemv_layers(bits: int, k: int = GEMV_K, min_bytes: int = GEMV_MIN_BYTES) -> int:
+    """How many ``k``² layers of ``bits``-bit weights make at least ``min_bytes``."""
+    return -(-min_bytes * 8 // (k * k * bits))
+
+
+def gemv_chain(k: int = GEMV_K, layers: int = 8, seed: int = 0):
     """``y = x · W_1 · … · W_layers`` with ``x`` ``[1, k]``: one decode step's GEMVs, no rest."""
     import onnx_ir as ir
 
@@ -113,23 +122,25 @@ def gemv_chain(k: int = GEMV_K, layers: int = GEMV_LAYERS, seed: int = 0):
 
 
 def bench_gemv(cache: Path, args, bandwidth_gbs: float) -> dict:
-    """fp32, int8 and int4 weight GEMVs (``GEMV_LAYERS`` × ``GEMV_K``²) against onnxruntime on
-    the same ONNX model (MatMul, or MatMulNBits for the quantized ones): the weight bytes each run
-    reads over its median time, and that as a share of the measured read bandwidth."""
+    """fp32, int8 and int4 weight GEMVs (chains of :func:`gemv_layers` × ``GEMV_K``²) against
+    onnxruntime on the same ONNX model (MatMul, or MatMulNBits for the quantized ones): the
+    weight bytes each run reads over its median time, and that as a share of the measured read
+    bandwidth."""
     import onnx_ir as ir
 
     from compiler.artifact import read_manifest
     from compiler.bench import bench_artifact
     from compiler.builder import build
 
-    source = cache / "gemv" / "gemv.onnx"
-    if not source.exists():
-        source.parent.mkdir(parents=True, exist_ok=True)
-        ir.save(gemv_chain(), source, external_data="gemv.onnx.data")
-    entry: dict = {"k": GEMV_K, "layers": GEMV_LAYERS, "variants": {}}
-    for variant, passes in GEMV_VARIANTS.items():
+    entry: dict = {"k": GEMV_K, "min_bytes": GEMV_MIN_BYTES, "variants": {}}
+    for variant, (bits, passes) in GEMV_VARIANTS.items():
+        layers = gemv_layers(bits)
+        source = cache / "gemv" / f"chain-{layers}" / "gemv.onnx"
+        if not source.exists():
+            source.parent.mkdir(parents=True, exist_ok=True)
+            ir.save(gemv_chain(layers=layers), source, external_data="gemv.onnx.data")
         artifact = cache / "gemv" / variant
-        build(source, artifact, passes=passes, verify=False)
+        build(source, artifact, passes=passes, verify=False, latency_runs=0)
         result = bench_artifact(
             artifact,
             runs=args.runs,
@@ -140,14 +151,16 @@ def bench_gemv(cache: Path, args, bandwidth_gbs: float) -> dict:
         weight_bytes = read_manifest(artifact)["files"]["weights.safetensors"]["bytes"]
         gbs = {k: weight_bytes / (v / 1e3) / 1e9 for k, v in result.medians_ms.items()}
         entry["variants"][variant] = {
+            "layers": layers,
             "weight_bytes": weight_bytes,
             "read_gbs": gbs,
             "share_of_bandwidth": {k: v / bandwidth_gbs for k, v in gbs.items()},
             **result.to_json(),
         }
         print(
-            f"gemv {variant}: ours {result.medians_ms['compiler']:.2f} ms = {gbs['compiler']:.1f}"
-            f" GB/s ({gbs['compiler'] / bandwidth_gbs:.0%} of {bandwidth_gbs:.1f}), onnxruntime "
+            f"gemv {variant} ({layers} layers): ours {result.medians_ms['compiler']:.2f} ms = "
+            f"{gbs['compiler']:.1f} GB/s ({gbs['compiler'] / bandwidth_gbs:.0%} of "
+            f"{bandwidth_gbs:.1f}), onnxruntime "
             f"{result.medians_ms['onnxruntime']:.2f} ms = {gbs['onnxruntime']:.1f} GB/s",
             flush=True,
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import tvm
 
@@ -31,6 +33,10 @@ def test_tune_resume_and_build_with_the_database(tmp_path):
     first = tune_model(model, db, budget_s=300, trials_per_task=4)
     assert first.tasks >= 1 and first.tuned and not first.skipped
     assert all(us > 0 for us in first.best_us.values())
+    # our schedule rules' kernel is measured too, and competes as one more record
+    assert sorted(first.rules_us) == sorted(first.tuned)
+    assert all(first.best_us[name] <= us for name, us in first.rules_us.items())
+    assert len(json.loads((db / "rules.json").read_text())) == first.tasks
     again = tune_model(model_from_text(TEXT), db, budget_s=300, trials_per_task=4)
     assert again.tuned == [] and sorted(again.skipped) == sorted(first.tuned)
 

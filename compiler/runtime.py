@@ -26,10 +26,10 @@ from compiler.threads import default_tvm_threads
 
 __all__ = ["ALIGNMENT", "CompiledModel", "host_zeros", "load"]
 
-# TVM's worker threads busy-wait between parallel kernels by default. Our GEMMs run in the BLAS's
-# own threads, and on a small machine spinning TVM workers starve them: BERT-base took 700 ms
-# instead of 170 with 2 spinning workers on 2 cores. Read when TVM's pool starts; a value the
-# user set wins.
+# TVM's worker threads busy-wait between parallel kernels by default. Attention's GEMMs run in the
+# BLAS's own threads, and on a small machine spinning TVM workers starve them: BERT-base took 700
+# ms instead of 170 with 2 spinning workers on 2 cores (measured when every GEMM went to the BLAS).
+# Read when TVM's pool starts; a value the user set wins.
 os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 # One TVM worker per physical core (TVM's own default is half the hardware threads).
 default_tvm_threads()
@@ -49,6 +49,7 @@ ALIGNMENT = 64  # bytes: TVM's allocations, and what its generated code assumes 
 
 
 def _aligned_empty(shape: tuple[int, ...], dtype: Any, allocate=np.empty) -> np.ndarray:
+    """An ``ALIGNMENT``-aligned array: a view into ``allocate``'d bytes, ``ALIGNMENT`` more."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     raw = allocate(nbytes + ALIGNMENT, np.uint8)

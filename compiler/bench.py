@@ -70,13 +70,13 @@ def seeded_inputs_for(model: Any, *, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded inputs for a loaded artifact (:class:`compiler.runtime.CompiledModel`).
 
     Symbolic dims are 1; value ranges are those of :func:`compiler.numerics.random_inputs`.
-    Each array is 64-byte aligned, as the buffers of a loop that runs the model repeatedly
-    (``generate``'s KV caches, :func:`compiler.runtime.host_zeros`): our runtime reads such
-    inputs in place, where numpy's own 16-byte aligned arrays are copied in first; onnxruntime
-    reads either in place.
+    Each array is 64-byte aligned (:func:`compiler.runtime.host_copy`), as are the buffers of a
+    loop that runs the model repeatedly (``generate``'s KV caches): our runtime reads such inputs
+    in place, where numpy's own 16-byte aligned arrays are copied in first; onnxruntime reads
+    either in place.
     """
     from compiler.numerics import random_inputs
-    from compiler.runtime import host_zeros
+    from compiler.runtime import host_copy
 
     inputs = random_inputs(
         [
@@ -85,11 +85,7 @@ def seeded_inputs_for(model: Any, *, seed: int = 0) -> dict[str, np.ndarray]:
         ],
         seed=seed,
     )
-    aligned = {}
-    for name, array in inputs.items():
-        aligned[name] = host_zeros(array.shape, array.dtype)
-        aligned[name][...] = array
-    return aligned
+    return {name: host_copy(array) for name, array in inputs.items()}
 
 
 def _time(fn: Callable[[], Any]) -> float:

@@ -24,7 +24,7 @@ from compiler.narrow_storage import from_storage, to_storage
 from compiler.safetensors_io import SafetensorsError, read_safetensors
 from compiler.threads import default_tvm_threads
 
-__all__ = ["ALIGNMENT", "CompiledModel", "host_zeros", "load"]
+__all__ = ["ALIGNMENT", "CompiledModel", "host_copy", "host_zeros", "load"]
 
 # TVM's worker threads busy-wait between parallel kernels by default. Attention's GEMMs run in the
 # BLAS's own threads, and on a small machine spinning TVM workers starve them: BERT-base took 700
@@ -62,6 +62,14 @@ def host_zeros(shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
     arrays are 16-byte aligned): a :class:`CompiledModel` reads such inputs in place instead of
     copying them, which a decode loop feeding back its KV cache every step wants."""
     return _aligned_empty(tuple(shape), dtype, np.zeros)
+
+
+def host_copy(array: np.ndarray) -> np.ndarray:
+    """``array`` copied into an ``ALIGNMENT``-byte aligned, C-contiguous buffer of its shape and
+    dtype: an input a :class:`CompiledModel` reads in place (see :func:`host_zeros`)."""
+    copy = _aligned_empty(array.shape, array.dtype)
+    copy[...] = array
+    return copy
 
 
 class CompiledModel:
@@ -122,9 +130,7 @@ class CompiledModel:
             and array.flags.c_contiguous
             and array.flags.writeable
         ):
-            copy = _aligned_empty(array.shape, array.dtype)
-            copy[...] = array
-            array = copy
+            array = host_copy(array)
         return tvm.runtime.from_dlpack(array)
 
     def _weight(self, entry: dict[str, Any], array: np.ndarray) -> Any:

@@ -1,4 +1,4 @@
-"""How many threads the runtimes get: one per physical core this process may run on.
+"""How many threads the runtimes get: one per physical core of the machine.
 
 TVM's CPU pool, unless told, starts ``hardware_concurrency / 2`` workers on x86 (it assumes
 two hardware threads per core): a single worker on a 2-core machine without SMT, half its speed

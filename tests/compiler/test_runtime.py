@@ -142,14 +142,18 @@ def test_indices_out_of_range_are_refused_before_the_compiled_gather_reads_them(
             embed({"ids": bad})
 
 
-def test_host_zeros_are_aligned_zeros_of_the_shape_asked():
-    from compiler.runtime import ALIGNMENT, host_zeros
+def test_host_zeros_and_host_copy_are_aligned():
+    from compiler.runtime import ALIGNMENT, host_copy, host_zeros
 
     for shape, dtype in (((12, 1, 3, 5), np.float32), ((7,), np.int64), ((), np.float16)):
         array = host_zeros(shape, dtype)
         assert array.shape == shape and array.dtype == dtype
         assert array.ctypes.data % ALIGNMENT == 0 and array.flags.writeable
         assert not array.any()
+    source = np.arange(2 * 8 + 1, dtype=np.float32)[1:].reshape(2, 8)  # 4 bytes past alignment
+    copy = host_copy(source)
+    assert copy.ctypes.data % ALIGNMENT == 0 and copy.flags.c_contiguous
+    np.testing.assert_array_equal(copy, source)
 
 
 def test_aligned_inputs_are_read_in_place_and_others_copied(tiny_artifact):

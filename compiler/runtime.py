@@ -26,11 +26,12 @@ from compiler.threads import default_tvm_threads
 
 __all__ = ["ALIGNMENT", "CompiledModel", "host_copy", "host_zeros", "load"]
 
-# TVM's worker threads busy-wait between parallel kernels by default. Attention's GEMMs run in the
-# BLAS's own threads, and on a small machine spinning TVM workers starve them: BERT-base took 700
-# ms instead of 170 with 2 spinning workers on 2 cores (measured when every GEMM went to the BLAS).
-# Read when TVM's pool starts; a value the user set wins.
-os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
+# TVM's idle workers yield the CPU ``TVM_THREAD_POOL_SPIN_COUNT`` times before they sleep; a
+# kernel that finds them asleep waits for the wake-up. TVM's default, 300000, keeps them busy
+# ~150 ms after each run, taking the cores from whatever runs next; 0 makes every parallel kernel
+# a wake-up: GPT-2 prefill 177 ms against 161 with 10000, which spins ~5 ms after a run (measured
+# on this 2-core machine, 15 runs each). Read when TVM's pool starts; a value the user set wins.
+os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "10000")
 # One TVM worker per physical core (TVM's own default is half the hardware threads).
 default_tvm_threads()
 

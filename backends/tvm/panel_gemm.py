@@ -264,11 +264,15 @@ def panel_product(bb, a: relax.Expr, panels: relax.Expr, bias: relax.Expr | None
     rows = dims[0]
     for d in dims[1:-1]:
         rows = rows * d
-    name = f"panel_gemm_k{k}_n{n}"
-    gv = bb.add_func(gemm_func(k, n).with_attr("global_symbol", name), name)
+    # [d0, d1, n] written in place (an output reshaped after would be a copy); other ranks
+    # reshape the [rows, n] result
+    out_rank = 3 if len(dims) == 3 else 2
+    name = f"panel_gemm_k{k}_n{n}" + ("_3d" if out_rank == 3 else "")
+    gv = bb.add_func(gemm_func(k, n, out_rank).with_attr("global_symbol", name), name)
     flat = a if len(dims) == 2 else bb.emit(relax.op.reshape(a, (rows, k)))
-    out = bb.emit(relax.call_tir(gv, [flat, panels, bias], relax.TensorType((rows, n), "float32")))
-    return out if len(dims) == 2 else relax.op.reshape(out, (*dims[:-1], n))
+    shape = (*dims[:-1], n) if out_rank == 3 else (rows, n)
+    out = bb.emit(relax.call_tir(gv, [flat, panels, bias], relax.TensorType(shape, "float32")))
+    return out if len(dims) in (2, 3) else relax.op.reshape(out, (*dims[:-1], n))
 
 
 class PanelMatMul(OnnxOpConverter):

@@ -54,23 +54,20 @@ def _finish(func: tirx.PrimFunc) -> tirx.PrimFunc:
     return func.with_attr({"tirx.is_scheduled": True, "op_pattern": _OPAQUE, "tirx.noalias": True})
 
 
-def gemm_func(k: int, n: int) -> tirx.PrimFunc:
+def gemm_func(k: int, n: int, out_rank: int = 2) -> tirx.PrimFunc:
     """``C[m, n] = Σ_k A[m, k] · W[k, n] + bias[n]`` on panels of ``W``, ``m`` symbolic.
 
-    Parameters ``(A [m, k], Wp [P, k, 32], bias [n], C [m, n])``; a product without a bias passes
-    zeros (one add per output element, nothing next to the ``k`` loop).
+    Parameters ``(A [m, k], Wp [P, k, 32], bias [n], C)``; a product without a bias passes
+    zeros (one add per output element, nothing next to the ``k`` loop). ``C`` is ``[m, n]``, or
+    with ``out_rank = 3`` ``[d0, d1, n]`` with ``d0 · d1 = m`` (the caller's promise), written as
+    the same rows: a model's ``[batch, sequence, n]`` output needs no reshaping copy after.
     """
     panels = -(-n // PANEL)
     full = n // PANEL  # panels whose 32 columns all exist
     rows_, panel_ = ROWS, PANEL
 
-    @T.prim_func(private=True)
-    def gemm(a_: T.handle, w_: T.handle, b_: T.handle, c_: T.handle):
-        m = T.int64()
-        A = T.match_buffer(a_, (m, k), "float32")
-        W = T.match_buffer(w_, (panels, k, panel_), "float32")
-        B = T.match_buffer(b_, (n,), "float32")
-        C = T.match_buffer(c_, (m, n), "float32")
+    @T.macro
+    def body(A, W, B, C, m):
         for p in T.parallel(panels):
             acc = T.alloc_buffer((rows_, panel_), "float32", scope="local")
             row = T.alloc_buffer((panel_,), "float32", scope="local")
@@ -98,7 +95,30 @@ def gemm_func(k: int, n: int) -> tirx.PrimFunc:
                 for j in range(T.min(panel_, n - p * panel_)):
                     C[m // rows_ * rows_ + r, p * panel_ + j] = row[j] + B[p * panel_ + j]
 
-    return _finish(gemm)
+    @T.prim_func(private=True)
+    def gemm(a_: T.handle, w_: T.handle, b_: T.handle, c_: T.handle):
+        m = T.int64()
+        A = T.match_buffer(a_, (m, k), "float32")
+        W = T.match_buffer(w_, (panels, k, panel_), "float32")
+        B = T.match_buffer(b_, (n,), "float32")
+        C = T.match_buffer(c_, (m, n), "float32")
+        body(A, W, B, C, m)
+
+    @T.prim_func(private=True)
+    def gemm3(a_: T.handle, w_: T.handle, b_: T.handle, c_: T.handle):
+        m = T.int64()
+        d0 = T.int64()
+        d1 = T.int64()
+        A = T.match_buffer(a_, (m, k), "float32")
+        W = T.match_buffer(w_, (panels, k, panel_), "float32")
+        B = T.match_buffer(b_, (n,), "float32")
+        C3 = T.match_buffer(c_, (d0, d1, n), "float32")
+        C = T.decl_buffer((m, n), "float32", data=C3.data)
+        body(A, W, B, C, m)
+
+    if out_rank not in (2, 3):
+        raise ValueError(f"gemm_func: out_rank must be 2 or 3, not {out_rank}")
+    return _finish(gemm if out_rank == 2 else gemm3)
 
 
 def gather_func(ids: te.Tensor, panels: te.Tensor, *, rows: int) -> te.Tensor:

@@ -1,16 +1,17 @@
 """The Relax pipeline per target: TVM's own phases, plus what makes untuned CPU code fast.
 
-``llvm``: 16-bit matmuls, convolutions and transcendental ops (exp, softmax, …) in float32, GEMMs
-to the BLAS (:mod:`backends.tvm.blas_offload`; products on constant weights arrive here already as
-our panel GEMM kernel, :mod:`backends.tvm.panel_gemm`), small integer powers to multiplies
-(:mod:`backends.tvm.relax_rewrites`), TVM's ``FastMathTransform`` (polynomial exp/tanh/erf,
-vectorizable; relative error ~1e-7 on the models tested), then TVM's CPU phases (library dispatch,
-legalize + fuse, dataflow lowering, finalize). After fusion, empty constants become allocations and
-kernels follow the run-time shapes they use (:mod:`backends.tvm.relax_rewrites`). Between fusion
-and lowering, kernels with records in a tuning database (``compiler tune``) take their tuned
-schedules, and the rest get our schedule rules (:mod:`backends.tvm.schedules`).
-``cuda`` and others: TVM's default pipeline for the target (dlight GPU rules included).
-"""
+``llvm``: 16-bit matmuls, convolutions and transcendental ops (exp, softmax, …) in float32,
+products of two activations to our batched GEMM kernel (:mod:`backends.tvm.activation_matmul`),
+other GEMMs to the BLAS (:mod:`backends.tvm.blas_offload`; products on constant weights arrive
+here already as our panel GEMM kernel, :mod:`backends.tvm.panel_gemm`), small integer powers to
+multiplies and sigmoids to ``exp`` (:mod:`backends.tvm.relax_rewrites`), TVM's
+``FastMathTransform`` (polynomial exp/tanh/erf, vectorizable; relative error ~1e-7 on the models
+tested), then TVM's CPU phases (library dispatch, legalize + fuse, dataflow lowering, finalize).
+After fusion, empty constants become allocations and kernels follow the run-time shapes they use
+(:mod:`backends.tvm.relax_rewrites`). Between fusion and lowering, kernels with records in a
+tuning database (``compiler tune``) take their tuned schedules, and the rest get our schedule
+rules (:mod:`backends.tvm.schedules`).
+``cuda`` and others: TVM's default pipeline for the target (dlight GPU rules included)."""
 
 from __future__ import annotations
 
@@ -27,20 +28,24 @@ def cpu_fusion_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     """Everything up to fused, unscheduled PrimFuncs: what tuning extracts its tasks from."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
+    from backends.tvm.activation_matmul import LowerActivationMatmuls
     from backends.tvm.blas_offload import OffloadMatmulToBlas
     from backends.tvm.relax_rewrites import (
         AllocateEmptyConstants,
         HalfMathInFloat,
         HalfMatmulInFloat,
         OrderShapeDefinitions,
+        SigmoidViaExp,
         SimplifyPower,
     )
 
     return [
         HalfMatmulInFloat(),
         HalfMathInFloat(),  # before FastMathTransform: its polynomials then run in float32
+        LowerActivationMatmuls(),
         OffloadMatmulToBlas(),
         SimplifyPower(),
+        SigmoidViaExp(),  # after HalfMathInFloat, before FastMathTransform's exp
         relax.transform.FastMathTransform(),
         *cpu.library_dispatch_passes(target),
         *cpu.legalize_passes(target),

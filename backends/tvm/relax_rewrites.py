@@ -25,6 +25,11 @@
   float32 softmax rounded once still differed from the reference by 2 float16 ulps on
   attention outputs (test_attention_4d_causal_fp16_expanded).
 
+* :class:`SigmoidViaExp`: float32 ``sigmoid(x)`` becomes ``1 / (1 + exp(-x))`` (``silu(x)``,
+  ``x`` times that), which ``FastMathTransform`` then turns into its vectorizable ``exp``
+  polynomial. TVM lowers ``sigmoid`` to LLVM's ``exp``, a scalar libm call per element: a
+  Llama-style model's SwiGLU (128 × 2304) took 925 µs per layer, 11 ms of a 139 ms prefill.
+
 * :class:`AllocateEmptyConstants`: constants with no elements become allocations, which the
   compiled library can hold (it cannot load such a constant back).
 
@@ -52,6 +57,7 @@ __all__ = [
     "HalfMathInFloat",
     "HalfMatmulInFloat",
     "OrderShapeDefinitions",
+    "SigmoidViaExp",
     "SimplifyPower",
     "rewrite_every_function",
 ]
@@ -208,6 +214,27 @@ class HalfMathInFloat:
                 return _half_softmax(matches[x], int(expr.attrs.axis), dtype)
             upcast = relax.op.astype(matches[x], "float32")
             return relax.op.astype(relax.Call(expr.op, [upcast], expr.attrs), dtype)
+
+        return rewrite_every_function(mod, pattern, rewriter)
+
+
+@tvm.transform.module_pass(opt_level=0, name="SigmoidViaExp")
+class SigmoidViaExp:
+    """float32 ``sigmoid(x)`` -> ``1 / (1 + exp(-x))``; ``silu(x)`` -> ``x`` times that."""
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        x = wildcard()
+        pattern = is_op("relax.sigmoid")(x) | is_op("relax.nn.silu")(x)
+
+        def rewriter(expr: relax.Expr, matches) -> relax.Expr:
+            value = matches[x]
+            if expr.ty.dtype != "float32" or value.ty.dtype != "float32":
+                return expr
+            one = relax.const(1.0, "float32")
+            sigmoid = relax.op.divide(
+                one, relax.op.add(one, relax.op.exp(relax.op.negative(value)))
+            )
+            return sigmoid if expr.op.name == "relax.sigmoid" else relax.op.multiply(value, sigmoid)
 
         return rewrite_every_function(mod, pattern, rewriter)
 

@@ -15,7 +15,10 @@ tuned (or found tuned), the kernel they make is measured by the same builder and
 committed as one more record, so a build takes whichever ran faster. On GPT-2 the search's GELU
 measured 2,088 µs against the rules' 154 µs, and a tuned build had come out slower than an
 untuned one. ``rules.json`` in the database folder remembers which workloads have their rules'
-record (µs, or null where no rule applies or it failed to run).
+record (µs, or null where no rule applies or it failed to run) and for which version of the
+rules (:func:`rules_version`, a digest of their source): when the rules change, the next tune
+run measures and commits their kernels again. The old rules' records stay in the database —
+valid schedules that win only where they measured faster.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from backends.tvm.target import resolve_target
 from compiler.artifact import write_json
 from compiler.errors import BackendError
 
-__all__ = ["TuneResult", "open_database", "tune_model"]
+__all__ = ["TuneResult", "open_database", "rules_version", "tune_model"]
 
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
@@ -87,6 +90,25 @@ def _best_us(database, workload_mod) -> float | None:
 
 
 RULES = "rules.json"
+
+
+def rules_version() -> str:
+    """A digest of :mod:`backends.tvm.schedules`' source: changes when the rules do."""
+    import hashlib
+
+    from backends.tvm import schedules
+
+    return hashlib.sha256(Path(schedules.__file__).read_bytes()).hexdigest()[:16]
+
+
+def _read_rules(path: Path) -> dict[str, float | None]:
+    """The workloads' rules records of ``rules.json`` if made by the current rules, else {}."""
+    if not path.is_file():
+        return {}
+    stored = json.loads(path.read_text())
+    if stored.get("version") != rules_version():
+        return {}
+    return dict(stored.get("records", {}))
 
 
 def _commit_rules_record(database, workload, target, runner) -> float | None:
@@ -167,7 +189,7 @@ def tune_model(
     database = ms.database.JSONDatabase(work_dir=str(db_dir))
     tuned, skipped, best, rules_us = [], [], {}, {}
     rules_file = db_dir / RULES
-    measured_rules = json.loads(rules_file.read_text()) if rules_file.is_file() else {}
+    measured_rules = _read_rules(rules_file)
     stopped = False
     runner = None
     if rpc is not None:
@@ -213,7 +235,7 @@ def tune_model(
         key = str(tvm_ffi.structural_hash(workload))
         if key not in measured_rules:
             measured_rules[key] = _commit_rules_record(database, workload, tvm_target, runner)
-            write_json(rules_file, measured_rules)
+            write_json(rules_file, {"version": rules_version(), "records": measured_rules})
         if measured_rules[key] is not None:
             rules_us[task.task_name] = measured_rules[key]
             best[task.task_name] = min(best.get(task.task_name, math.inf), measured_rules[key])

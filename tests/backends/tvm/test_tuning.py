@@ -9,7 +9,7 @@ import tvm
 
 from backends.onnxruntime.reference import run_reference
 from backends.tvm import compile_model
-from backends.tvm.tuning import open_database, tune_model
+from backends.tvm.tuning import open_database, rules_version, tune_model
 from compiler.errors import BackendError
 from compiler.numerics import max_error
 from tests.helpers import model_from_text, seeded_inputs
@@ -36,9 +36,19 @@ def test_tune_resume_and_build_with_the_database(tmp_path):
     # our schedule rules' kernel is measured too, and competes as one more record
     assert sorted(first.rules_us) == sorted(first.tuned)
     assert all(first.best_us[name] <= us for name, us in first.rules_us.items())
-    assert len(json.loads((db / "rules.json").read_text())) == first.tasks
+    rules = json.loads((db / "rules.json").read_text())
+    assert rules["version"] == rules_version() and len(rules["records"]) == first.tasks
     again = tune_model(model_from_text(TEXT), db, budget_s=300, trials_per_task=4)
     assert again.tuned == [] and sorted(again.skipped) == sorted(first.tuned)
+    records = len((db / "database_tuning_record.json").read_text().splitlines())
+    # rules of another version: their kernels are measured and committed again, nothing tuned
+    (db / "rules.json").write_text(json.dumps({"version": "old", "records": rules["records"]}))
+    changed = tune_model(model_from_text(TEXT), db, budget_s=300, trials_per_task=4)
+    assert changed.tuned == [] and sorted(changed.rules_us) == sorted(first.tuned)
+    assert len((db / "database_tuning_record.json").read_text().splitlines()) == records + len(
+        first.tuned
+    )
+    assert json.loads((db / "rules.json").read_text())["version"] == rules_version()
 
     compiled = compile_model(model_from_text(TEXT), "llvm", tuning_db=db)
     assert compiled.tuned_kernels == first.tasks

@@ -2,9 +2,11 @@
 
 TVM's untuned CPU GEMM runs at ~1 GFLOP/s and MetaSchedule plateaus near 100 (TVM_NOTES.md); a BLAS
 reaches ~160 here. Products on constant weights do not reach this pass: they are imported as our
-panel GEMM kernel (~215, :mod:`backends.tvm.panel_gemm`); what is left are products of two
-activations (attention scores and values) and weights too narrow for panels. The call is
-destination-passing: TVM's memory planner still allocates the output, and the packed function
+panel GEMM kernel (~215, :mod:`backends.tvm.panel_gemm`). Nor do products of two activations
+with static shapes (attention's), which the pass before turns into our batched kernel
+(:mod:`backends.tvm.activation_matmul`). What is left are products with symbolic shapes or
+broadcast batches, and weights too narrow for panels. The call is destination-passing: TVM's
+memory planner still allocates the output, and the packed function
 (:mod:`compiler.kernels.blas`) fills it. Preconditions: both operands float32 with known rank ≥ 2
 (batched shapes broadcast as in numpy). Other dtypes and rank-1 operands are left to TVM.
 ``matmul(a, permute_dims(w))`` where the permutation only swaps the last two axes becomes

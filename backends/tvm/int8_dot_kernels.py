@@ -30,7 +30,7 @@ import numpy as np
 from tvm import te, tirx
 from tvm.script import tirx as T
 
-from backends.tvm.packed_kernels import padded_codes, tile_channels
+from backends.tvm.packed_kernels import grid_at, padded_codes, tile_channels
 
 __all__ = [
     "dequantized_code",
@@ -74,8 +74,7 @@ def tile_grid(grid: np.ndarray, bits: int) -> np.ndarray:
 
 def tile_grid_at(grid, bits: int, g, n):
     """TE: entry ``[g, n]`` of a grid laid out by :func:`tile_grid`."""
-    tile = tile_channels(bits)
-    return grid[n // tile, g, n % tile]
+    return grid_at(grid, bits, g, n, tiled=True)
 
 
 def dequantized_code(packed, bits: int, k, n):

@@ -8,6 +8,11 @@ groups. Scales ``S`` and (asymmetric) zero points ``Z`` are float32 ``[G, N]``::
 
     W[n, k] = (code(n, k) − z) · S[k // group, n]      (z = Z[k // group, n], or 2^(bits−1))
 
+or, ``tiled`` (:func:`backends.tvm.int8_dot_kernels.tile_grid`, for ``N`` a multiple of the
+tile), ``[T, G, tile]`` with ``S[g, n]`` at ``[n // tile, g, n % tile]``: a tile's scales are
+then contiguous and stream in order with its codes, where ``[G, N]`` rows lie ``4N`` bytes apart
+— a page, so a cache miss from DRAM, per group and tile in a GEMV.
+
 Each tile's codes are contiguous, so a thread streams them; a row of 16 codes at one ``k`` is one
 vector load.
 
@@ -31,7 +36,7 @@ from tvm import s_tir, te, tirx
 
 from backends.tvm.panel_kernels import PANEL
 
-__all__ = ["dequantize_func", "gemv_func", "padded_codes", "tile_channels"]
+__all__ = ["dequantize_func", "gemv_func", "grid_at", "padded_codes", "tile_channels"]
 
 _OPAQUE = 8  # relax OpPatternKind::kOpaque
 
@@ -50,17 +55,19 @@ def padded_codes(codes: np.ndarray, bits: int, group: int) -> np.ndarray:
     return padded
 
 
-def _placeholders(k: int, n: int, bits: int, group: int, symmetric: bool, quads: bool = False):
+def _placeholders(
+    k: int, n: int, bits: int, group: int, symmetric: bool, quads: bool = False, tiled: bool = False
+):
     """Packed codes, scales, zero points (None when symmetric) and the group count; ``quads``:
-    in the int8-dot layouts (:mod:`backends.tvm.int8_dot_kernels`)."""
+    in the int8-dot layouts (:mod:`backends.tvm.int8_dot_kernels`), whose scales are tiled;
+    ``tiled``: scales and zero points per tile (see the module doc)."""
     tiles = -(-n // tile_channels(bits))
     groups = -(-k // group)
+    grid = (tiles, groups, tile_channels(bits)) if quads or tiled else (groups, n)
     if quads:
         packed = te.placeholder((tiles, groups * group // 4, 16), "int32", "packed")
-        grid = (tiles, groups, tile_channels(bits))
     else:
         packed = te.placeholder((tiles, groups * group, 16), "uint8", "packed")
-        grid = (groups, n)
     scales = te.placeholder(grid, "float32", "scales")
     zeros = None if symmetric else te.placeholder(grid, "float32", "zeros")
     return packed, scales, zeros, groups
@@ -75,10 +82,18 @@ def _code(packed, bits: int, k, n):
     return (byte >> shift) & tirx.const(15, "uint8")
 
 
-def _zero(zeros, bits: int, g, n):
+def grid_at(grid, bits: int, g, n, tiled: bool):
+    """TE: scale or zero point ``[g, n]`` of a ``[G, N]`` grid, or a ``tiled`` one."""
+    if not tiled:
+        return grid[g, n]
+    tile = tile_channels(bits)
+    return grid[n // tile, g, n % tile]
+
+
+def _zero(zeros, bits: int, g, n, tiled: bool = False):
     if zeros is None:
         return tirx.const(2 ** (bits - 1), "float32")
-    return zeros[g, n]
+    return grid_at(zeros, bits, g, n, tiled)
 
 
 def _finish(sch: s_tir.Schedule) -> tirx.PrimFunc:
@@ -87,10 +102,11 @@ def _finish(sch: s_tir.Schedule) -> tirx.PrimFunc:
 
 
 def gemv_func(
-    rows: int, k: int, n: int, *, bits: int, group: int, symmetric: bool
+    rows: int, k: int, n: int, *, bits: int, group: int, symmetric: bool, tiled: bool = False
 ) -> tirx.PrimFunc:
-    """``y = x · Wᵀ`` for ``x`` ``[rows, k]`` (see the module doc), scheduled for the CPU."""
-    packed, scales, zeros, groups = _placeholders(k, n, bits, group, symmetric)
+    """``y = x · Wᵀ`` for ``x`` ``[rows, k]`` (see the module doc), scheduled for the CPU;
+    ``tiled``: scales and zero points ``[T, G, tile]``."""
+    packed, scales, zeros, groups = _placeholders(k, n, bits, group, symmetric, tiled=tiled)
     x = te.placeholder((rows, k), "float32", "x")
 
     def x_at(m, col):  # zero past K: the last group may be short
@@ -115,7 +131,8 @@ def gemv_func(
     y = te.compute(
         (rows, n),
         lambda m, c: te.sum(
-            scales[gr, c] * (partial[m, gr, c] - _zero(zeros, bits, gr, c) * x_sum[m, gr]),
+            grid_at(scales, bits, gr, c, tiled)
+            * (partial[m, gr, c] - _zero(zeros, bits, gr, c, tiled) * x_sum[m, gr]),
             axis=gr,
         ),
         name="y",
@@ -155,31 +172,28 @@ def dequantize_func(
     symmetric: bool,
     quads: bool = False,
     panels: bool = False,
+    tiled: bool = False,
 ) -> tirx.PrimFunc:
     """``W`` float32 ``[k, n]`` from the packed codes, parallel over K, vectorized over N.
 
-    ``quads``: the codes are in the int8-dot layout (:mod:`backends.tvm.int8_dot_kernels`).
+    ``quads``: the codes are in the int8-dot layout (:mod:`backends.tvm.int8_dot_kernels`), its
+    scales tiled; ``tiled``: scales and zero points ``[T, G, tile]`` (see the module doc).
     ``panels``: ``W`` is written as the panel GEMM's ``[⌈n/32⌉, k, 32]`` (zero past ``n``,
     :mod:`backends.tvm.panel_kernels`) instead.
     """
-    packed, scales, zeros, _ = _placeholders(k, n, bits, group, symmetric, quads)
+    packed, scales, zeros, _ = _placeholders(k, n, bits, group, symmetric, quads, tiled)
     if quads:  # that module builds on this one
         from backends.tvm.int8_dot_kernels import dequantized_code as code
-        from backends.tvm.int8_dot_kernels import tile_grid_at
-
-        def grid_at(grid, g, c):
-            return tile_grid_at(grid, bits, g, c)
-
     else:
         code = _code
-
-        def grid_at(grid, g, c):
-            return grid[g, c]
+    tiled = tiled or quads
 
     def weight(r, c):
         g = r // group
-        zero = tirx.const(2 ** (bits - 1), "float32") if zeros is None else grid_at(zeros, g, c)
-        return (code(packed, bits, r, c).astype("float32") - zero) * grid_at(scales, g, c)
+        scale = grid_at(scales, bits, g, c, tiled)
+        return (
+            code(packed, bits, r, c).astype("float32") - _zero(zeros, bits, g, c, tiled)
+        ) * scale
 
     if panels:
         width = PANEL

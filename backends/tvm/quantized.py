@@ -5,8 +5,9 @@ Before import, :func:`lower_quantized` rewrites each ``com.microsoft::MatMulNBit
 int8's ``DequantizeLinear`` + ``MatMul`` on constant int8 weights) whose weights are initializers
 into
 ``compiler.tvm::PackedMatMul`` (``PackedGather``) with the codes re-laid out in tiles
-(:mod:`backends.tvm.packed_kernels`; still ``bits`` per weight, plus float32 scales ``[G, N]``),
-so the artifact's weights stay packed. Identical packed tensors are stored once (a tied
+(:mod:`backends.tvm.packed_kernels`; still ``bits`` per weight, plus float32 scales — per tile,
+``[T, G, tile]``, for a ``MatMulNBits`` whose ``N`` fills whole tiles, else ``[G, N]``), so the
+artifact's weights stay packed. Identical packed tensors are stored once (a tied
 embedding/LM head quantized twice yields the same codes).
 
 The importer converts ``PackedMatMul`` (:class:`PackedMatMul`) by the row count ``M`` of ``A``:
@@ -324,7 +325,9 @@ def lower_quantized(model: ir.Model, *, int8_dot: bool = False) -> bool:
                 pack_tiles(codes, bits, group),
             )
         )
-        grid = tile_grid if quads else lambda array, _bits: np.ascontiguousarray(array)
+        # scales per tile (contiguous for a GEMV's tile) wherever N fills whole tiles
+        tiled = quads or n % tile_channels(bits) == 0
+        grid = tile_grid if tiled else lambda array, _bits: np.ascontiguousarray(array)
         inputs = [
             node.inputs[0],
             weights.add(*layout),
@@ -374,11 +377,16 @@ class PackedMatMul(OnnxOpConverter):
         static = dims is not None and all(isinstance(d, tirx.IntImm) for d in dims)
         shape = [int(d) for d in dims] if static else None
         quads = bool(int(attr.get("int8_dot", 0)))
+        tiled = quads or len(weights[1].ty.shape) == 3  # scales [T, G, tile], not [G, N]
         tag = f"k{k}_n{n}_b{bits}_g{group}{'' if symmetric else '_asym'}{'_q' if quads else ''}"
         rows = math.prod(shape[:-1]) if shape is not None else None
         if rows is not None and rows <= GEMV_MAX_ROWS:
-            kernel = int8_dot_gemv_func if quads else gemv_func
-            func = kernel(rows, k, n, bits=bits, group=group, symmetric=symmetric)
+            if quads:
+                func = int8_dot_gemv_func(rows, k, n, bits=bits, group=group, symmetric=symmetric)
+            else:
+                func = gemv_func(
+                    rows, k, n, bits=bits, group=group, symmetric=symmetric, tiled=tiled
+                )
             gv = _add(bb, func, f"packed_gemv_m{rows}_{tag}")
             flat = bb.emit(relax.op.reshape(a, (rows, k)))
             out = bb.emit(
@@ -392,7 +400,14 @@ class PackedMatMul(OnnxOpConverter):
             a = bb.emit_te(round_activations, a, group, primfunc_name_hint="round_activations")
         panels = worth_panels(n)
         func = dequantize_func(
-            k, n, bits=bits, group=group, symmetric=symmetric, quads=quads, panels=panels
+            k,
+            n,
+            bits=bits,
+            group=group,
+            symmetric=symmetric,
+            quads=quads,
+            panels=panels,
+            tiled=tiled,
         )
         gv = _add(bb, func, f"packed_dequantize_{tag}{'_panels' if panels else ''}")
         shape = (-(-n // PANEL), k, PANEL) if panels else (k, n)

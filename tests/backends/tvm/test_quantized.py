@@ -69,6 +69,21 @@ def test_tvm_matches_onnxruntime(rows, bits, group, symmetric):
     assert any(p.dtype == np.uint8 for p in compiled.params)
 
 
+@pytest.mark.parametrize("rows", [1, 24])
+@pytest.mark.parametrize(("bits", "symmetric"), [(4, True), (4, False), (8, False)])
+def test_scales_are_laid_out_per_tile_when_n_fills_whole_tiles(rows, bits, symmetric):
+    """N = 96: three int4 tiles of 32 (six int8 tiles of 16): scales and zero points
+    ``[T, G, tile]``, each tile's contiguous for the GEMV; N = 72 keeps ``[G, N]``."""
+    tile = 16 * 8 // bits
+    text = f"quantize(bits={bits},group=16,symmetric={str(symmetric).lower()})"
+    for n, tiled in ((96, True), (72, False)):
+        compiled, got, expected = compile_quantized_linear(rows, 80, n, text)
+        assert max_error({"y": got}, expected)["y"] <= 1e-5
+        grids = [p.shape for p in compiled.params if p.dtype == np.float32]
+        wanted = (n // tile, 5, tile) if tiled else (5, n)
+        assert grids and all(shape == wanted for shape in grids), (n, grids)
+
+
 @pytest.mark.parametrize(("bits", "symmetric"), [(4, False), (8, True)])
 def test_prefill_dequantizes_into_panels_for_the_gemm_kernel(bits, symmetric):
     """N = 160: five panels of 32, so many-row products run the panel GEMM kernel."""

@@ -7,15 +7,15 @@
 — attention's scores ``Q · Kᵀ`` (``Kᵀ`` already laid out ``[K, N]``) and its context ``P · V``.
 Both operands change every run, so nothing is packed ahead: a row ``B[t, k, :]`` is already
 contiguous, and the kernel reads it in place. Blocks of ``ROWS`` rows of one matrix run in
-parallel (``T · ⌈M / ROWS⌉`` tasks, 192 for GPT-2's 12 heads × 128 tokens); a block keeps a
+parallel (``T · ⌊M / ROWS⌋`` tasks, 192 for GPT-2's 12 heads × 128 tokens); a block keeps a
 ``ROWS × 32`` tile of ``C`` in sixteen AVX-512 registers while ``k`` runs over ``K``::
 
     acc[i, j] += A[t, r + i, k] · B[t, k, c + j]        i < ROWS, j < 32
 
 — per ``k``, two vector loads of ``B``, ``ROWS`` broadcasts of ``A`` and sixteen fused
-multiply-adds, as in :mod:`backends.tvm.panel_kernels`. A last 16-column strip (``N`` an odd
-multiple of 16) runs as an ``ROWS × 16`` tile, and columns past the last multiple of 16 one at a
-time. Rows past the last full block (a decode step's single query row) run one at a time.
+multiply-adds, as in :mod:`backends.tvm.panel_kernels`. Columns past the last multiple of 32
+run as one narrower tile (its vectors as wide as they are; LLVM splits them), and rows past the
+last full block (a decode step's single query row) one at a time.
 
 Kernels with fewer than ``PARALLEL_MIN_FLOPS`` multiply-adds run on one thread: waking the pool
 costs more than a decode step's per-head products.

@@ -67,31 +67,19 @@ def batch_gemm_func(batch: int, m: int, k: int, n: int) -> tirx.PrimFunc:
         if tail > 0:
             tile(A, B, C, t, r, wide * wide_, height, tail)
 
+    loop = T.parallel if parallel else T.serial
+
     @T.prim_func(private=True)
-    def bmm_parallel(a_: T.handle, b_: T.handle, c_: T.handle):
+    def bmm(a_: T.handle, b_: T.handle, c_: T.handle):
         A = T.match_buffer(a_, (batch, m, k), "float32")
         B = T.match_buffer(b_, (batch, k, n), "float32")
         C = T.match_buffer(c_, (batch, m, n), "float32")
         if blocks > 0:
-            for task in T.parallel(batch * blocks):
+            for task in loop(batch * blocks):
                 strips(A, B, C, task // blocks, task % blocks * rows, rows)
         if left > 0:
-            for t in T.parallel(batch):
+            for t in loop(batch):
                 for r in range(left):
                     strips(A, B, C, t, blocks * rows + r, 1)
 
-    @T.prim_func(private=True)
-    def bmm_serial(a_: T.handle, b_: T.handle, c_: T.handle):
-        A = T.match_buffer(a_, (batch, m, k), "float32")
-        B = T.match_buffer(b_, (batch, k, n), "float32")
-        C = T.match_buffer(c_, (batch, m, n), "float32")
-        if blocks > 0:
-            for task in range(batch * blocks):
-                strips(A, B, C, task // blocks, task % blocks * rows, rows)
-        if left > 0:
-            for t in range(batch):
-                for r in range(left):
-                    strips(A, B, C, t, blocks * rows + r, 1)
-
-    func = bmm_parallel if parallel else bmm_serial
-    return func.with_attr({"tirx.is_scheduled": True, "op_pattern": _OPAQUE, "tirx.noalias": True})
+    return bmm.with_attr({"tirx.is_scheduled": True, "op_pattern": _OPAQUE, "tirx.noalias": True})

@@ -10,11 +10,12 @@ BLAS, see :mod:`backends.tvm.blas_offload`), in this order, first match wins:
   so its loads and adds are vectors. TVM's ``dl.cpu.Reduction`` keeps one scalar chain per row
   (its docstring: ``rfactor`` clashes with ``compute_at``, which is why the partials are factored
   out *before* the blocks move under the row loop here): GPT-2's LayerNorm over 128 × 768 took
-  200 µs that way, 31 µs this way, and an RMSNorm 4 ms against 42 µs (2 threads). Kernels it
-  cannot factor go to TVM's rule. Guarded: when every reduction has a single output row (a
-  decode step's LayerNorm over [1, 1, 768]), TVM's rule parallelizes the *normalized* axis and
-  recomputes the reduction for every element (1.2 ms instead of microseconds); such kernels,
-  and reductions of fewer than ``SERIAL_MAX_REDUCTION_WORK`` iterations in all, are left serial;
+  200 µs that way, 31–41 µs this way, and an RMSNorm 120 µs against 42–49 µs (2 threads).
+  Kernels it cannot factor go to TVM's rule. Guarded: when every reduction has a single output
+  row (a decode step's LayerNorm over [1, 1, 768]), TVM's rule parallelizes the *normalized*
+  axis and recomputes the reduction for every element (1.2 ms instead of microseconds); such
+  kernels, and reductions of fewer than ``SERIAL_MAX_REDUCTION_WORK`` iterations in all, are
+  left serial;
 * :class:`Injective`: elementwise/broadcast/transpose chains — producers inlined, all loops fused,
   the innermost ``lanes`` (vector width / element bits) vectorized, the rest parallel over cores;
   a kernel with several such output blocks (a ``Split``) gets this for each;

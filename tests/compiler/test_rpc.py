@@ -134,13 +134,16 @@ def test_tuning_measures_on_the_rpc_workers(cluster, tmp_path):
     import onnx_ir as ir
 
     from backends.tvm.tuning import tune_model
+    from compiler.pass_manager import PassManager
+    from compiler.pipeline import build_passes
 
     tracker, _ = cluster
     model = mlp(2, width=32)
     path = tmp_path / "mlp.onnx"
     ir.save(model, path)
+    # what `build` compiles (O1's passes first), as `compiler tune --pipeline O1` tunes it
     result = tune_model(
-        model,
+        PassManager(build_passes("O1")).run(model).model,
         tmp_path / "db",
         budget_s=300,
         trials_per_task=4,

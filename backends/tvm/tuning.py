@@ -101,12 +101,12 @@ def rules_version() -> str:
     return hashlib.sha256(Path(schedules.__file__).read_bytes()).hexdigest()[:16]
 
 
-def _read_rules(path: Path) -> dict[str, float | None]:
-    """The workloads' rules records of ``rules.json`` if made by the current rules, else {}."""
+def _read_rules(path: Path, version: str) -> dict[str, float | None]:
+    """The workloads' rules records of ``rules.json`` if made by rules ``version``, else {}."""
     if not path.is_file():
         return {}
     stored = json.loads(path.read_text())
-    if stored.get("version") != rules_version():
+    if stored.get("version") != version:
         return {}
     return dict(stored.get("records", {}))
 
@@ -189,7 +189,8 @@ def tune_model(
     database = ms.database.JSONDatabase(work_dir=str(db_dir))
     tuned, skipped, best, rules_us = [], [], {}, {}
     rules_file = db_dir / RULES
-    measured_rules = _read_rules(rules_file)
+    version = rules_version()  # hashed once: every task rewrites rules.json
+    measured_rules = _read_rules(rules_file, version)
     stopped = False
     runner = None
     if rpc is not None:
@@ -235,7 +236,7 @@ def tune_model(
         key = str(tvm_ffi.structural_hash(workload))
         if key not in measured_rules:
             measured_rules[key] = _commit_rules_record(database, workload, tvm_target, runner)
-            write_json(rules_file, {"version": rules_version(), "records": measured_rules})
+            write_json(rules_file, {"version": version, "records": measured_rules})
         if measured_rules[key] is not None:
             rules_us[task.task_name] = measured_rules[key]
             best[task.task_name] = min(best.get(task.task_name, math.inf), measured_rules[key])
